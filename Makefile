@@ -1,0 +1,46 @@
+# poolctl — every target sets itself up: a fresh clone needs only python3, node and npm.
+SHELL := /bin/bash
+PY ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+SHIM := pool/shim
+# the adaptor repo the tests and `make dev` use (an operator's default is ~/.openfn/worker/repo)
+REPO := $(CURDIR)/.repo
+TEST_ADAPTORS := @openfn/language-common@3.3.4 @openfn/language-http@7.2.10
+export WORKER_REPO_DIR ?= $(REPO)
+
+.PHONY: all dev test lint test-node24 bench bench-executor soak clean setup
+
+all: test
+
+$(BIN)/.stamp: setup.cfg pyproject.toml
+	test -x $(BIN)/python || $(PY) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -e '.[test]'
+	touch $@
+
+$(SHIM)/node_modules/.stamp: $(SHIM)/package.json $(SHIM)/package-lock.json
+	cd $(SHIM) && npm ci --no-audit --no-fund --loglevel=error
+	touch $@
+
+$(REPO)/.stamp: $(BIN)/.stamp
+	$(BIN)/poolctl install --repo-dir $(REPO) $(TEST_ADAPTORS)
+	touch $@
+
+setup: $(BIN)/.stamp $(SHIM)/node_modules/.stamp $(REPO)/.stamp
+
+lint: $(BIN)/.stamp
+	$(BIN)/ruff check pool tests bin/poolctl
+
+test: setup lint
+	cd $(SHIM) && node --test test/
+	$(BIN)/pytest -q -p no:cacheprovider tests
+
+bench-executor: setup
+	$(BIN)/python -m pool.bench.executor
+
+dev: setup
+	$(BIN)/poolctl dev-server --port 4000
+
+clean:
+	rm -rf $(VENV) $(SHIM)/node_modules $(REPO) .pytest_cache

@@ -1,0 +1,1 @@
+"""The Lightning room: everything that speaks Lightning's worker protocol."""

@@ -1,0 +1,320 @@
+"""One declarative table of every poolctl setting.
+
+Each row names a setting once: its attribute name, its CLI flag, the environment variables
+that set it (ws-worker's names first, so poolctl is a drop-in), its type, default and help.
+The CLI's options and ``--help`` are generated from this table, values are resolved
+flag > environment > config file > default, and every resolved value remembers where it came
+from so ``poolctl start`` can log it.
+
+Config files are TOML, keyed by setting name (``size = 4``) or by one of its environment
+variable names (``WORKER_CAPACITY = 4``), so a file written by ``poolctl tune --write`` and an
+operator's hand-written one read the same.
+"""
+
+from __future__ import annotations
+
+import os
+import tomllib
+from collections.abc import Callable, Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+
+class SettingsError(ValueError):
+    """A setting has a value poolctl cannot use; the message names the setting and its source."""
+
+
+def parse_bool(value: Any) -> bool:
+    """ws-worker accepts ``true``/``1`` for booleans; we also accept yes/on and their negations."""
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in ("1", "true", "yes", "on"):
+        return True
+    if text in ("0", "false", "no", "off", ""):
+        return False
+    raise ValueError(f"expected true/false, got {value!r}")
+
+
+def parse_list(value: Any) -> list[str]:
+    """Comma-separated lists, as ws-worker reads them from the environment."""
+    if isinstance(value, list | tuple):
+        return [str(v).strip() for v in value if str(v).strip()]
+    return [part.strip() for part in str(value).split(",") if part.strip()]
+
+
+def parse_int(value: Any) -> int:
+    if isinstance(value, bool):
+        raise ValueError("expected an integer")
+    return int(str(value).strip())
+
+
+def parse_float(value: Any) -> float:
+    return float(str(value).strip())
+
+
+def parse_str(value: Any) -> str:
+    return str(value)
+
+
+TYPE_NAMES: dict[Callable[[Any], Any], str] = {
+    parse_bool: "BOOL",
+    parse_list: "LIST",
+    parse_int: "INT",
+    parse_float: "FLOAT",
+    parse_str: "TEXT",
+}
+
+
+@dataclass(frozen=True)
+class Setting:
+    """One row of the table."""
+
+    name: str
+    flag: str | None
+    env: tuple[str, ...]
+    type: Callable[[Any], Any]
+    default: Any
+    help: str
+    commands: tuple[str, ...] = ("start",)
+    secret: bool = False
+
+    @property
+    def metavar(self) -> str:
+        return TYPE_NAMES.get(self.type, "VALUE")
+
+
+START = ("start",)
+RUNS = ("start", "execute", "bench", "tune")
+REPO = ("start", "execute", "install", "bench", "tune")
+DEFAULT_REPO_DIR = str(Path.home() / ".openfn" / "worker" / "repo")
+
+SETTINGS: tuple[Setting, ...] = (
+    # --- Lightning connection (ws-worker names) ---------------------------------------------
+    Setting("lightning_url", "--lightning", ("WORKER_LIGHTNING_SERVICE_URL",), parse_str,
+            "ws://localhost:4000/worker", "Lightning's worker socket endpoint.", START),
+    Setting("secret", "--secret", ("WORKER_SECRET",), parse_str, None,
+            "Shared secret that signs the worker token (HS256), used as-is.", START, secret=True),
+    Setting("lightning_public_key", "--lightning-public-key", ("WORKER_LIGHTNING_PUBLIC_KEY",),
+            parse_str, None,
+            "Base64 PEM public key that verifies run tokens (RS256); unset = not verified.",
+            START),
+    Setting("size", "--size", ("WORKER_CAPACITY",), parse_int, 5,
+            "Executors in the pool = runs at once (ws-worker's capacity).", START),
+    Setting("workloops", "--workloops", ("WORKER_WORKLOOPS",), parse_str, None,
+            "Queue preferences with slots, e.g. 'fast_lane:1 manual>*:4'; excludes --size.", START),
+    Setting("backoff", "--backoff", ("WORKER_BACKOFF",), parse_str, "1/10",
+            "min/max seconds between empty claims.", START),
+    Setting("message_timeout", "--message-timeout",
+            ("WORKER_MESSAGE_TIMEOUT_SECONDS", "WORKER_SOCKET_TIMEOUT_SECONDS"), parse_float, 30.0,
+            "Seconds to wait for Lightning's reply to a run-channel message.", START),
+    Setting("claim_timeout", "--claim-timeout", ("WORKER_CLAIM_TIMEOUT_SECONDS",), parse_float,
+            3600.0, "Seconds to wait for a claim reply.", START),
+    Setting("batch_logs", "--batch-logs", ("WORKER_BATCH_LOGS",), parse_bool, False,
+            "Send logs as run:batch_logs.", START),
+    Setting("batch_interval", "--batch-interval", ("WORKER_BATCH_INTERVAL",), parse_int, 10,
+            "Milliseconds a log batch waits for more lines.", START),
+    Setting("batch_limit", "--batch-limit", ("WORKER_BATCH_LIMIT",), parse_int, 50,
+            "Most log lines in one batch.", START),
+    Setting("worker_name", "--worker-name", ("WORKER_NAME", "DEPLOYED_POD_NAME"), parse_str, None,
+            "worker_name sent with each claim.", START),
+    Setting("collections_url", "--collections-url", ("WORKER_COLLECTIONS_URL",), parse_str, None,
+            "Collections endpoint; unset = collections disabled.", START),
+    Setting("collections_version", "--collections-version", ("WORKER_COLLECTIONS_VERSION",),
+            parse_str, "latest", "Version of @openfn/language-collections given to jobs.", START),
+    Setting("port", "--port", ("WORKER_PORT",), parse_int, 2222,
+            "HTTP port for /livez, /readyz and /metrics.", START),
+    Setting("log_level", "--log", ("WORKER_LOG_LEVEL",), parse_str, "info",
+            "Log level: debug, info, warn, error.", ("start", "execute", "dev-server", "install")),
+    Setting("sentry_dsn", "--sentry-dsn", ("WORKER_SENTRY_DSN",), parse_str, None,
+            "Send errors to Sentry.", START, secret=True),
+    Setting("sentry_env", "--sentry-env", ("WORKER_SENTRY_ENV",), parse_str, "dev",
+            "Sentry environment name.", START),
+    # --- run limits (ws-worker names and defaults) ---------------------------------------------
+    Setting("max_run_duration", "--max-run-duration-seconds", ("WORKER_MAX_RUN_DURATION_SECONDS",),
+            parse_float, 300.0, "Default run timeout in seconds.", RUNS),
+    Setting("run_memory_mb", "--run-memory", ("WORKER_MAX_RUN_MEMORY_MB",), parse_int, 500,
+            "Default run memory limit in MB (V8 heap and RSS growth).", RUNS),
+    Setting("payload_mb", "--payload-memory", ("WORKER_MAX_PAYLOAD_MB",), parse_float, 10.0,
+            "Largest output state sent back, in MB.", RUNS),
+    Setting("log_payload_mb", "--log-payload-memory", ("WORKER_MAX_LOG_PAYLOAD_MB",), parse_float,
+            1.0, "Largest log line sent back, in MB.", RUNS),
+    Setting("state_props_to_remove", "--state-props-to-remove", ("WORKER_STATE_PROPS_TO_REMOVE",),
+            parse_list, ["configuration", "response"],
+            "Top-level state keys removed from every step's output.", RUNS),
+    # --- adaptors ---------------------------------------------------------------------------------
+    Setting("repo_dir", "--repo-dir", ("WORKER_REPO_DIR",), parse_str, DEFAULT_REPO_DIR,
+            "Adaptor repo (npm folder) shared by every executor.", REPO),
+    Setting("adaptors_offline", "--offline", ("WORKER_ADAPTORS_OFFLINE",), parse_bool, False,
+            "Use only installed adaptors; never call npm.", REPO),
+    Setting("install_timeout", "--install-timeout", ("WORKER_INSTALL_TIMEOUT_SECONDS",),
+            parse_float, 120.0, "Seconds one npm install may take.", REPO),
+    Setting("latest_ttl", "--latest-ttl", ("WORKER_LATEST_TTL_SECONDS",), parse_float, 3600.0,
+            "Seconds an @latest lookup is cached.", REPO),
+    Setting("prewarm_adaptors", "--prewarm", ("WORKER_PREWARM_ADAPTORS",), parse_list, [],
+            "Adaptors each executor imports before its first run.", RUNS),
+    # --- the pool (poolctl's own) -----------------------------------------------------------------
+    Setting("isolation", "--isolation", ("WORKER_ISOLATION",), parse_str, "strict",
+            "strict | context | cold | noop: how runs are kept apart in an executor.", RUNS),
+    Setting("node", "--node", ("WORKER_NODE_BINARY",), parse_str, "node",
+            "Node.js binary the shims run on.", RUNS),
+    Setting("env_allowlist", "--env-allowlist", ("WORKER_ENV_ALLOWLIST",), parse_list, [],
+            "Extra environment variables passed to shims (beyond proxies, CA, TZ, LANG).", RUNS),
+    Setting("recycle_runs", "--recycle-runs", ("WORKER_RECYCLE_RUNS",), parse_int, 500,
+            "context mode: replace a shim after this many runs (with jitter).", RUNS),
+    Setting("recycle_jitter", "--recycle-jitter", ("WORKER_RECYCLE_JITTER",), parse_int, 50,
+            "Random extra runs added to --recycle-runs per shim.", RUNS),
+    Setting("recycle_rss_mb", "--recycle-rss", ("WORKER_RECYCLE_RSS_MB",), parse_int, 400,
+            "Replace an idle shim whose RSS is above this many MB.", RUNS),
+    Setting("boot_timeout", "--boot-timeout", ("WORKER_BOOT_TIMEOUT_SECONDS",), parse_float, 60.0,
+            "Seconds an executor may take to report ready.", START),
+    Setting("graceful_timeout", "--graceful-timeout", ("WORKER_GRACEFUL_TIMEOUT_SECONDS",),
+            parse_float, None, "Seconds runs may take to finish on SIGTERM (default: max run "
+            "duration).", START),
+    Setting("control_socket", "--control-socket", ("WORKER_CONTROL_SOCKET",), parse_str, None,
+            "Unix socket for status/scale/drain (default keyed by --port).",
+            ("start", "status", "scale", "drain", "stop")),
+    Setting("http_host", "--http-host", ("WORKER_HTTP_HOST",), parse_str, "0.0.0.0",
+            "Interface for the HTTP server.", START),
+    Setting("log_format", "--log-format", ("WORKER_LOG_FORMAT",), parse_str, "text",
+            "text | json.", ("start", "execute", "dev-server")),
+)
+
+BY_NAME: dict[str, Setting] = {s.name: s for s in SETTINGS}
+
+# ws-worker variables poolctl reads but does not act on: named in a warning, never ignored
+# silently. The value says why.
+UNSUPPORTED_ENV: dict[str, str] = {
+    "WORKER_TIMEOUT_RETRY_COUNT": "retries are disabled in ws-worker too (they duplicated data)",
+    "WORKER_TIMEOUT_RETRY_DELAY_MS": "retries are disabled in ws-worker too",
+    "WORKER_VALIDATION_TIMEOUT_MS": "engine-multi's handshake; poolctl executors report ready",
+    "WORKER_VALIDATION_RETRIES": "engine-multi's handshake; poolctl executors report ready",
+    "WORKER_PROFILE": "memory is reported on every step:complete already",
+    "WORKER_PROFILE_POLL_INTERVAL_MS": "memory is reported on every step:complete already",
+    "OPENFN_ADAPTORS_REPO": "@local adaptors from a monorepo are not supported",
+}
+
+SOURCES = ("flag", "env", "file", "default")
+
+
+@dataclass
+class Settings:
+    """Resolved values plus where each came from (``flag``, ``env:NAME``, ``file``, ``default``)."""
+
+    values: dict[str, Any]
+    sources: dict[str, str]
+    warnings: list[str] = field(default_factory=list)
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self.__dict__["values"][name]
+        except KeyError:
+            raise AttributeError(name) from None
+
+    def source(self, name: str) -> str:
+        return self.sources[name]
+
+    def is_default(self, name: str) -> bool:
+        return self.sources[name] == "default"
+
+    def with_values(self, **overrides: Any) -> Settings:
+        """A copy with some values replaced (marked as ``flag``): used by bench and tune."""
+        values = dict(self.values) | overrides
+        sources = dict(self.sources) | {k: "flag" for k in overrides}
+        return Settings(values, sources, list(self.warnings))
+
+    def describe(self) -> list[str]:
+        """One line per setting with its source; secrets are masked."""
+        lines = []
+        for row in SETTINGS:
+            if row.name not in self.values:
+                continue
+            value = self.values[row.name]
+            if row.secret and value:
+                value = "****"
+            lines.append(f"{row.name}={value!r} ({self.sources[row.name]})")
+        return lines
+
+
+def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
+    """Read a TOML config file into ``{setting name: value}``; unknown keys are an error."""
+    try:
+        with open(path, "rb") as fh:
+            raw = tomllib.load(fh)
+    except FileNotFoundError:
+        raise SettingsError(f"config file {path} does not exist") from None
+    except tomllib.TOMLDecodeError as exc:
+        raise SettingsError(f"config file {path} is not valid TOML: {exc}") from None
+    by_env = {env: row.name for row in SETTINGS for env in row.env}
+    out: dict[str, Any] = {}
+    for key, value in raw.items():
+        name = key if key in BY_NAME else by_env.get(key)
+        if name is None:
+            raise SettingsError(f"config file {path}: unknown setting {key!r}")
+        out[name] = value
+    return out
+
+
+def _convert(row: Setting, value: Any, source: str) -> Any:
+    if value is None:
+        return None
+    try:
+        return row.type(value)
+    except (TypeError, ValueError) as exc:
+        where = row.flag if source == "flag" else source
+        raise SettingsError(f"{row.name} ({where}): {exc}") from None
+
+
+def load_settings(
+    flags: Mapping[str, Any] | None = None,
+    env: Mapping[str, str] | None = None,
+    config_path: str | os.PathLike[str] | None = None,
+    command: str | None = None,
+) -> Settings:
+    """Resolve every setting (or those of one command): flag > env > config file > default.
+
+    ``flags`` holds values given on the command line (``None`` = not given).
+    """
+    flags = flags or {}
+    env = os.environ if env is None else env
+    file_values = read_config_file(config_path) if config_path else {}
+    values: dict[str, Any] = {}
+    sources: dict[str, str] = {}
+    for row in SETTINGS:
+        if command is not None and command not in row.commands:
+            continue
+        if flags.get(row.name) is not None:
+            values[row.name] = _convert(row, flags[row.name], "flag")
+            sources[row.name] = "flag"
+            continue
+        env_name = next((e for e in row.env if env.get(e, "") != ""), None)
+        if env_name is not None:
+            values[row.name] = _convert(row, env[env_name], f"env:{env_name}")
+            sources[row.name] = f"env:{env_name}"
+        elif row.name in file_values:
+            values[row.name] = _convert(row, file_values[row.name], "file")
+            sources[row.name] = "file"
+        else:
+            values[row.name] = row.default
+            sources[row.name] = "default"
+    warnings = [
+        f"{name} is set but poolctl does not support it: {why}"
+        for name, why in UNSUPPORTED_ENV.items()
+        if env.get(name)
+    ]
+    return Settings(values, sources, warnings)
+
+
+def rows_for(command: str) -> Iterable[Setting]:
+    return (row for row in SETTINGS if command in row.commands)
+
+
+def render_help(command: str) -> str:
+    """A plain-text table of a command's settings (flag, env, default), for docs and --help."""
+    lines = []
+    for row in rows_for(command):
+        default = "" if row.default is None else f" [default: {row.default}]"
+        env = " / ".join(row.env)
+        lines.append(f"{row.flag:<32} {env:<36} {row.help}{default}")
+    return "\n".join(lines)
