@@ -14,7 +14,7 @@ from typing import Any
 import click
 
 from pool import __version__
-from pool.settings import SettingsError, Settings, load_settings, parse_bool, rows_for
+from pool.settings import Settings, SettingsError, load_settings, parse_bool, rows_for
 
 
 def with_settings(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
