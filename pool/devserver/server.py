@@ -1,0 +1,248 @@
+"""A strict Lightning dev server: passing against it should mean passing against Lightning.
+
+What it is
+    A Python stand-in for OpenFn Lightning's worker side, for local development, the project's
+    tests, ``bench`` and ``tune``. It speaks Phoenix channels V2 at ``/worker/websocket`` the way
+    real Lightning does — not the way the kit's lightning-mock does: replies are ``phx_reply``
+    with ``{status, response}``, ``fetch:dataclip`` is answered with a binary frame, heartbeats
+    are answered, ``phx_leave`` gets ``ok`` then ``phx_close``, a push to a topic the socket has
+    not joined gets ``{"reason": "unmatched topic"}``.
+
+Use it from Python (every test of the project does)::
+
+    with DevServer() as lightning:                   # random ports, fresh secret and RSA keys
+        env = lightning.worker_env()                 # WORKER_SECRET, WORKER_LIGHTNING_PUBLIC_KEY,
+                                                     # WORKER_LIGHTNING_SERVICE_URL
+        run_id = lightning.enqueue(plan, credentials={...}, dataclips={...}, queue="manual")
+        run = lightning.wait_for_run(run_id, timeout=30)
+        assert run["state"] == "success", lightning.rejections
+
+or from a shell: ``poolctl dev-server --port 4000`` prints the worker's environment and serves
+the HTTP dev API on port 4001 (``POST /api/runs``, ``GET /api/runs[/<id>[/wait]]``,
+``POST /api/faults``, ``GET /api/health``; see ``pool/devserver/api.py``).
+
+What it checks, like Lightning (reference: shared/reference/lightning-protocol.md)
+    * Connect: ``vsn=2.0.0`` (else HTTP 403, Phoenix's answer to a serializer it lacks); the
+      worker token — HS256 with the secret used as-is, ``iss`` = ``urn:openfn:worker``, ``iat``
+      and ``worker_id`` present, no future ``nbf`` — else HTTP 401 on the upgrade, as newer
+      Lightning. ``worker_version``/``api_version`` are recorded in ``connections``.
+    * ``worker:queue``: ``claim`` must carry ``demand`` and ``worker_name`` (else the channel
+      crashes: ``phx_error``, no reply); ``queues`` is honoured in order, ``*`` meaning any.
+      Each run handed out carries an RS256 run token (``iss: Lightning``, ``id``,
+      ``sub: run:<id>``, ``nbf``, ``exp``). A claimed run not joined within ``join_timeout_s``
+      (30 s) goes back to available; so does a claim whose socket died before its reply.
+      Enqueueing pushes ``work-available`` to every joined queue channel.
+    * ``run:<id>`` join: token signature, ``iss``, ``id``, ``sub``, ``nbf``, ``exp`` →
+      ``{"reason": "unauthorized"}``; unknown run → ``{"reason": "not_found"}``.
+    * Run events (``run_channel.py``, ``validation.py``): timestamps must cast (16-digit µs or
+      13-digit ms strings, or int ms); ``run:start`` only from claimed; ``step:start`` needs a
+      UUID ``step_id``, a ``job_id`` of the plan, a known ``input_dataclip_id``; log lines need
+      a non-null list ``message``, a known ``level``, ``source`` ≤ 8 chars, a ``timestamp``, a
+      known ``step_id``; ``run:batch_logs`` without ``logs`` crashes the channel;
+      ``step:complete`` needs a started step, a valid ``reason`` (null error fields on success),
+      ``output_dataclip`` as a JSON string, both dataclip fields or neither when dataclips are
+      saved, a UUID ``output_dataclip_id``; ``run:complete`` only known keys, a valid reason, an
+      existing ``final_dataclip_id``; nothing after ``run:complete`` (a second one gets
+      ``{"state": ["already in completed state"]}``); unknown events get an error reply.
+
+What it records
+    ``frames`` (every frame both ways, like the transcripts), ``rejections`` (every refusal with
+    its reason — assert it is empty after a good run), ``connections``, and per run
+    (``run(id)``): state, reason, error type/message, final state, events with their receive
+    time and reply, steps, dataclips, and the times enqueued/claimed/started/completed (µs) for
+    benchmarks (enqueue→claim wait, claim→complete).
+
+Faults, for the tests of later issues
+    ``drop_sockets()``; ``drop_socket_on(event)``; ``reply_error_on(event, response)``;
+    ``hold_reply_on(event, seconds)`` (the event is handled, its reply waits); each optionally
+    limited to one run and fired ``times`` times; ``set_run_token_lifetime(seconds)`` for
+    short-lived run tokens.
+
+Not modelled: Lightning's janitor (runs are never marked ``lost``), usage limits, OAuth
+refresh, log scrubbing, webhook replies.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import threading
+from typing import Any
+
+from websockets.asyncio.server import ServerConnection, serve
+
+from pool.devserver.api import DevApi
+from pool.devserver.connection import WorkerConnection, upgrade_checker
+from pool.devserver.core import Core
+from pool.devserver.plans import InvalidPlan
+from pool.devserver.runs import Run
+from pool.devserver.tokens import RunTokens, generate_secret
+
+__all__ = ["DevServer", "InvalidPlan"]
+
+log = logging.getLogger("pool.devserver")
+# Lightning's endpoint drops inbound frames over ~11 MB (max_frame_size: 11_000_000)
+MAX_FRAME_BYTES = 11_000_000
+
+
+class DevServer:
+    """The dev server: a WebSocket endpoint and an HTTP dev API, each in a background thread."""
+
+    def __init__(self, host: str = "127.0.0.1", port: int = 0, api_port: int | None = 0,
+                 secret: str | None = None, private_key_b64: str | None = None,
+                 run_token_lifetime_s: float | None = None, join_timeout_s: float = 30.0,
+                 idle_timeout_s: float = 60.0) -> None:
+        self.host = host
+        self.port = port
+        self.api_port = api_port
+        self.secret = secret or generate_secret()
+        tokens = RunTokens(private_key_b64)
+        self.private_key_b64 = tokens.private_key_b64
+        self.public_key_b64 = tokens.public_key_b64
+        self.core = Core(self.secret, tokens, run_token_lifetime_s, join_timeout_s, idle_timeout_s)
+        self.frames = self.core.frames
+        self.rejections = self.core.rejections
+        self.connections = self.core.connections
+        self._thread: threading.Thread | None = None
+        self._stopping: asyncio.Future | None = None
+        self._api: DevApi | None = None
+
+    # -- life cycle --------------------------------------------------------------------------
+
+    def start(self) -> DevServer:
+        """Serve in a background thread; return once both ports are listening."""
+        ready = threading.Event()
+        failure: list[BaseException] = []
+
+        def main() -> None:
+            try:
+                asyncio.run(self._serve(ready))
+            except BaseException as exc:  # surfaced to start()'s caller below
+                failure.append(exc)
+                ready.set()
+
+        self._thread = threading.Thread(target=main, name="devserver-ws", daemon=True)
+        self._thread.start()
+        ready.wait()
+        if failure:
+            raise failure[0]
+        if self.api_port is not None:
+            self._api = DevApi(self, self.host, self.api_port)
+            self.api_port = self._api.port
+        return self
+
+    async def _serve(self, ready: threading.Event) -> None:
+        self.core.loop = asyncio.get_running_loop()
+        self._stopping = self.core.loop.create_future()
+        async with serve(self._handle, self.host, self.port, process_request=upgrade_checker(self.core),
+                         max_size=MAX_FRAME_BYTES, ping_interval=None, close_timeout=2,
+                         compression="deflate") as server:
+            self.port = server.sockets[0].getsockname()[1]
+            ready.set()
+            await self._stopping
+            for conn in list(self.core.live):  # stopping is Lightning going away: no goodbyes
+                conn.abort()
+
+    async def _handle(self, ws: ServerConnection) -> None:
+        await WorkerConnection(self.core, ws).serve()
+
+    def stop(self) -> None:
+        """Close every socket and both ports; safe to call twice."""
+        if self._api is not None:
+            self._api.stop()
+            self._api = None
+        loop, stopping = self.core.loop, self._stopping
+        if loop is not None and stopping is not None and not loop.is_closed():
+            loop.call_soon_threadsafe(lambda: stopping.done() or stopping.set_result(None))
+        if self._thread is not None:
+            self._thread.join(timeout=10)
+            self._thread = None
+
+    def __enter__(self) -> DevServer:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # -- addresses ---------------------------------------------------------------------------
+
+    @property
+    def _public_host(self) -> str:
+        host = "127.0.0.1" if self.host in ("0.0.0.0", "", "::") else self.host
+        return f"[{host}]" if ":" in host else host
+
+    @property
+    def url(self) -> str:
+        """The worker's ``WORKER_LIGHTNING_SERVICE_URL``."""
+        return f"ws://{self._public_host}:{self.port}/worker"
+
+    @property
+    def api_url(self) -> str:
+        return f"http://{self._public_host}:{self.api_port}"
+
+    def worker_env(self) -> dict[str, str]:
+        return {"WORKER_SECRET": self.secret,
+                "WORKER_LIGHTNING_PUBLIC_KEY": self.public_key_b64,
+                "WORKER_LIGHTNING_SERVICE_URL": self.url}
+
+    # -- runs --------------------------------------------------------------------------------
+
+    def enqueue(self, plan: dict, credentials: dict | None = None, dataclips: dict | None = None,
+                queue: str = "manual", wakeup: bool = True) -> str:
+        """Store a plan as a new available run and return its id; ``InvalidPlan`` if bad."""
+        run = self.core.book.enqueue(plan, credentials, dataclips, queue)
+        log.info("enqueued run %s on queue %s", run.id, queue)
+        if wakeup:
+            self.push_work_available()
+        return run.id
+
+    def _get(self, run_id: str) -> Run:
+        run = self.core.book.get(run_id)
+        if run is None:
+            raise KeyError(f"no run {run_id!r}")
+        return run
+
+    def run(self, run_id: str) -> dict:
+        return self.core.book.snapshot(self._get(run_id))
+
+    def runs(self) -> list[dict]:
+        with self.core.book.lock:
+            runs = list(self.core.book.runs.values())
+        return [self.core.book.snapshot(run) for run in runs]
+
+    def wait_for_run(self, run_id: str, timeout: float = 30) -> dict:
+        """Block until the run is final and return it; ``TimeoutError`` otherwise."""
+        return self.core.book.snapshot(self.core.book.wait_final(run_id, timeout))
+
+    def push_work_available(self) -> None:
+        self.core.push_work_available()
+
+    # -- faults ------------------------------------------------------------------------------
+
+    def drop_sockets(self) -> None:
+        """Cut every worker socket now."""
+        loop = self.core.loop
+        if loop is None:
+            return
+
+        def cut() -> None:
+            for conn in list(self.core.live):
+                log.warning("fault: dropping conn %s", conn.id)
+                conn.abort()
+
+        loop.call_soon_threadsafe(cut)
+
+    def drop_socket_on(self, event: str, run_id: str | None = None, times: int = 1) -> None:
+        self.core.faults.arm("drop", event, run_id, times)
+
+    def reply_error_on(self, event: str, response: Any = "injected", run_id: str | None = None,
+                       times: int = 1) -> None:
+        self.core.faults.arm("error", event, run_id, times, response=response)
+
+    def hold_reply_on(self, event: str, seconds: float, run_id: str | None = None,
+                      times: int = 1) -> None:
+        self.core.faults.arm("hold", event, run_id, times, seconds=seconds)
+
+    def set_run_token_lifetime(self, seconds: float | None) -> None:
+        """Run tokens minted from now on live ``seconds`` (None: Lightning's default)."""
+        self.core.run_token_lifetime_s = seconds
