@@ -1,7 +1,7 @@
 """Fixtures for the shim tests: one real Node shim for the session, real adaptors from the repo.
 
 The Node binary comes from WORKER_NODE_BINARY (default ``node``) so ``make test-node24`` runs
-the same tests on Node 24; the adaptor repo from WORKER_REPO_DIR (default /work/main/.repo,
+the same tests on Node 24; the adaptor repo from WORKER_REPO_DIR (default <checkout>/.repo,
 populated by ``poolctl install``). Adaptors are installed on demand if missing.
 """
 
