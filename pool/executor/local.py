@@ -1,4 +1,4 @@
-"""``poolctl execute workflow.json [--input state.json]``: one workflow, one shim, no Lightning.
+"""``poolctl execute workflow.json [--input state.json]``: one workflow, one executor, no Lightning.
 
 Public API::
 
@@ -7,29 +7,22 @@ Public API::
 Prints the final state as JSON on stdout and every log line on stderr (``LEVEL SOURCE
 message``). Exit codes: 0 when the run's reason is ``success``; 1 for any other reason, after a
 ``<reason>: <error_type>: <message>`` line; 2 for bad input (an unreadable or invalid workflow
-or input file), with a one-line message.
+or input file), with a one-line message; 3 when the executor cannot boot (no Node, ...).
 
-The run's limits come from the same settings as Lightning runs (timeout, memory, payload), and
-the outcomes of a dead shim match the executor's: a timeout is ``kill``/``TimeoutError``, heap
-exhaustion ``kill``/``OOMError``, any other exit ``crash``/``ExitError``.
+The run goes through a real executor process started exactly as the supervisor starts one
+(``pool.executor.oneshot``), in the ``--isolation`` mode chosen, with the same limits settings
+as Lightning runs: its reason is computed by the same code as a Lightning run's.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import sys
-import tempfile
-import time
-import uuid
 from typing import Any
 
-from pool.adaptors import AdaptorError, AdaptorRepo
-from pool.executor.environment import shim_env
-from pool.executor.shim import Shim, ShimBootError, ShimExited
-from pool.executor.workflow_file import WorkflowFileError, load_workflow, plan_adaptors
+from pool.executor.oneshot import ExecutorBootError, execute_once
+from pool.executor.workflow_file import WorkflowFileError, load_workflow
 
-BOOT_TIMEOUT = 60.0
 LEVELS = {"debug": 0, "info": 1, "success": 1, "always": 2, "warn": 2, "error": 3}
 
 
@@ -57,20 +50,8 @@ def read_input(input_path: str | None) -> Any:
         raise WorkflowFileError(f"input {input_path} is not valid JSON: {exc}") from None
 
 
-def run_options(settings: Any, run_id: str) -> dict[str, Any]:
-    return {
-        "state_props_to_remove": list(settings.state_props_to_remove),
-        "job_log_level": "debug",
-        "sanitize": "none",
-        "payload_limit_mb": settings.payload_mb,
-        "log_payload_limit_mb": settings.log_payload_mb,
-        "state_limit_mb": settings.run_memory_mb * 0.25,
-        "cache_key": run_id,
-    }
-
-
 def execute_command(workflow_path: str, input_path: str | None, settings: Any) -> int:
-    """Run the workflow file; see the module doc for output and exit codes."""
+    """Run the workflow file through an executor; see the module doc for output and exit codes."""
     try:
         plan = load_workflow(workflow_path)
         state = read_input(input_path)
@@ -78,67 +59,19 @@ def execute_command(workflow_path: str, input_path: str | None, settings: Any) -
         say(f"poolctl execute: {exc}")
         return 2
     min_level = LEVELS.get(str(settings.log_level).lower(), 1)
-    repo = AdaptorRepo(settings.repo_dir, offline=settings.adaptors_offline,
-                       install_timeout=settings.install_timeout, latest_ttl=settings.latest_ttl)
+
+    def print_log(event: dict[str, Any]) -> None:
+        if event["type"] == "log" and LEVELS.get(event.get("level", "info"), 1) >= min_level:
+            say(f"{event.get('level', 'info').upper()} {event.get('source')} "
+                f"{format_message(event.get('message'))}")
+
     try:
-        adaptors = repo.ensure(plan_adaptors(plan))
-    except AdaptorError as exc:
-        return report_end("exception", "AutoinstallError", str(exc), None)
-    run_id = str(uuid.uuid4())
-    message = {
-        "run_id": run_id,
-        "plan": {"id": run_id, **plan},
-        "input": state,
-        "adaptors": {spec: {"name": a.name, "version": a.version, "path": a.path}
-                     for spec, a in adaptors.items()},
-        "options": run_options(settings, run_id),
-    }
-    with tempfile.TemporaryDirectory(prefix="poolctl-shim-home-") as home:
-        env = shim_env(os.environ, settings.env_allowlist, home)
-        shim = Shim(settings.node, settings.run_memory_mb, env, str(repo.repo_dir))
-        try:
-            shim.start()
-            shim.wait_ready(BOOT_TIMEOUT)
-        except ShimBootError as exc:
-            shim.kill()
-            shim.close()
-            say(f"poolctl execute: cannot start the Node shim: {exc}")
-            return 1
-        try:
-            return drive(shim, message, settings.max_run_duration, min_level)
-        finally:
-            shim.close()
-
-
-def drive(shim: Shim, message: dict[str, Any], timeout_s: float, min_level: int) -> int:
-    """Send the run, print its events until it completes, the shim dies or time runs out."""
-    shim.start_run(message)
-    deadline = time.monotonic() + timeout_s
-    while True:
-        remaining = deadline - time.monotonic()
-        if remaining <= 0:
-            shim.kill()
-            return report_end("kill", "TimeoutError",
-                              f"Workflow failed to return within {int(timeout_s * 1000)}ms", None)
-        try:
-            event = shim.next_event(remaining)
-        except ShimExited as exc:
-            if exc.oom:
-                return report_end("kill", "OOMError", "Run exceeded maximum memory usage", None)
-            return report_end("crash", "ExitError",
-                              f"Process exited with code: {exc.returncode}", None)
-        if event is None:
-            continue
-        kind = event["type"]
-        if kind == "log":
-            if LEVELS.get(event.get("level", "info"), 1) >= min_level:
-                say(f"{event.get('level', 'info').upper()} {event.get('source')} "
-                    f"{format_message(event.get('message'))}")
-        elif kind == "output":
-            say(f"INFO ADA {event['line']}")
-        elif kind == "run-complete":
-            return report_end(event.get("reason", "crash"), event.get("error_type"),
-                              event.get("error_message"), event.get("final_state"))
+        end = execute_once(plan, state, settings, on_event=print_log)
+    except ExecutorBootError as exc:
+        say(f"poolctl execute: the executor could not start: {exc}")
+        return 3
+    return report_end(end.get("reason", "crash"), end.get("error_type"),
+                      end.get("error_message"), end.get("final_state"))
 
 
 def report_end(reason: str, error_type: str | None, error_message: str | None,

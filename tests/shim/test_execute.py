@@ -77,3 +77,26 @@ def test_an_uninstallable_adaptor_is_an_exception(tmp_path: Path) -> None:
     proc = execute(wf)
     assert proc.returncode == 1
     assert proc.stderr.splitlines()[-1].startswith("exception: AutoinstallError: ")
+
+
+def test_every_isolation_mode_runs_through_an_executor(tmp_path: Path) -> None:
+    wf = write(tmp_path / "wf.json", {"steps": [
+        {"id": "a", "adaptors": ["@openfn/language-common@3.3.4"],
+         "expression": "fn(s => ({ data: { mode: 'node' } }))"}]})
+    for mode in ("strict", "context", "cold"):
+        proc = execute(wf, "--isolation", mode)
+        assert proc.returncode == 0, (mode, proc.stderr)
+        assert json.loads(proc.stdout) == {"data": {"mode": "node"}}, mode
+    # noop replays a trivial run without Node: proof that the executor, not a bare shim, ran it
+    proc = execute(wf, "--isolation", "noop")
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) != {"data": {"mode": "node"}}
+
+
+def test_a_timeout_is_kill_through_the_executor(tmp_path: Path) -> None:
+    wf = write(tmp_path / "wf.json", {"steps": [
+        {"id": "a", "adaptors": ["@openfn/language-common@3.3.4"],
+         "expression": "fn(s => { while (true) {} })"}]})
+    proc = execute(wf, "--isolation", "context", "--max-run-duration-seconds", "1")
+    assert proc.returncode == 1
+    assert "kill: TimeoutError: Workflow failed to return within 1000ms" in proc.stderr
