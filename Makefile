@@ -16,7 +16,7 @@ all: test
 $(BIN)/.stamp: setup.cfg pyproject.toml
 	test -x $(BIN)/python || $(PY) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -e '.[test]'
+	$(BIN)/pip install --quiet -e '.[test,bench]'
 	touch $@
 
 $(SHIM)/node_modules/.stamp: $(SHIM)/package.json $(SHIM)/package-lock.json
@@ -48,8 +48,9 @@ test-node24: setup $(NODE24)
 bench-executor: setup
 	$(BIN)/python -m pool.bench.executor
 
+# the whole product: dev server (:4000, API :4001) + `poolctl start` + examples/ enqueued
 dev: setup
-	$(BIN)/poolctl dev-server --port 4000
+	$(BIN)/python -m pool.devserver.demo --size $${SIZE:-4}
 
 clean:
 	rm -rf $(VENV) $(SHIM)/node_modules $(REPO) .node24 .pytest_cache

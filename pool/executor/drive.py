@@ -10,8 +10,10 @@ Outcomes the executor computes (openfn-engine.md §4.2, lightning-protocol.md §
 
 - timeout: ``kill``/``TimeoutError`` "Workflow failed to return within <N>ms";
 - memory: ``kill``/``OOMError`` "Run exceeded maximum memory usage" — V8's heap limit (exit
-  134, "heap out of memory"), the RSS watchdog, or a SIGKILL we did not send (the kernel's OOM
-  killer: "always treat SIGKILL as probably OOM", supervisors.md);
+  134, "heap out of memory") or the RSS watchdog;
+- a SIGKILL we did not send (an operator's kill -9, or the kernel's OOM killer) is a ``crash``,
+  as for any other unexpected exit, and its message says it may have been the OOM killer: we
+  cannot tell which, and calling an operator's kill an OOM would mislead;
 - any other exit: ``crash``/``ExitError`` "Process exited with code: N";
 - ``cancel``: ``kill``/``CancelError``; ``stop`` {graceful: false}: ``kill``/``KillError``.
 """
@@ -183,8 +185,11 @@ class RunDriver:
     # --- endings ---------------------------------------------------------------------------------------
     def _exit_end(self, exc: ShimExited) -> RunEnd:
         code = exc.returncode
-        if exc.oom or code == -signal.SIGKILL:
+        if exc.oom:
             return RunEnd("kill", "OOMError", OOM_MESSAGE, OOM)
+        if code == -signal.SIGKILL:
+            return RunEnd("crash", "ExitError", f"Process exited with code: {code} (killed by "
+                          "SIGKILL: an operator, or the kernel's OOM killer)", "crash")
         return RunEnd("crash", "ExitError", f"Process exited with code: {code}", "crash")
 
     def _abort(self, end: RunEnd, kill: bool = True) -> RunEnd:

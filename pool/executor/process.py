@@ -278,6 +278,9 @@ def boot_failed(sock: socket.socket, reason: str) -> int:
 
 def main(fd: int) -> int:
     """Serve the supervisor on the inherited socket ``fd``; returns the exit code."""
+    # the inherited fd must not leak into the shims we spawn: a shim holding it would keep the
+    # supervisor's end open after this executor dies, hiding the death from the supervisor
+    os.set_inheritable(fd, False)
     sock = socket.socket(fileno=fd)
     inbox = Inbox(sock)
     first = inbox.get()

@@ -208,7 +208,9 @@ class RunEvents:
         events: list[Event] = []
         payload: dict[str, Any] = {"step_id": step_id, "job_id": msg["job_id"]}
         mem = msg.get("mem")
-        if isinstance(mem, dict):
+        # ws-worker reports memory only for a step that succeeded (its engine has no figure
+        # for a step that threw), so a failed step's step:complete has no mem
+        if isinstance(mem, dict) and (msg.get("reason") or "success") == "success":
             payload["mem"] = {"job": mem.get("job"), "system": mem.get("system")}
         payload["duration"] = int(msg.get("duration_ms") or 0)
         if self.thread_id is not None:

@@ -1,0 +1,592 @@
+"""The arbiter: one loop that owns the pool, the Lightning connection and every run.
+
+Shape borrowed from gunicorn's arbiter (supervisors.md §2.1): signal handlers, the Lightning
+socket's thread and the executors' reader threads only put small tuples on ``inbox``; the
+loop takes them one at a time and decides — no locks anywhere else. Each turn ends with
+``manage_executors`` (keep the pool at size), ``claim_runs`` (admission) and a fresh
+published :class:`PoolSnapshot`.
+
+Seams for the rest of the lifecycle (signals, control socket, HTTP, metrics):
+
+* ``submit(name, **args) -> Future``: run ``command_<name>`` on the loop from any thread;
+* ``snapshot()``: the latest read-only picture of the pool;
+* ``count(name, **labels)``: called exactly where each countable thing happens; observers
+  append to ``count_hooks``.
+
+Exit codes: 0 after a graceful stop, 2 for unusable settings, 3 when an executor cannot boot
+(its one-line reason is printed; no respawn loop).
+"""
+
+from __future__ import annotations
+
+import contextlib
+import logging
+import os
+import queue
+import signal
+import sys
+import time
+from collections import Counter
+from collections.abc import Callable
+from concurrent.futures import Future
+from types import FrameType
+from typing import Any
+
+from pool.executor.handle import BOOT_FAILED, ExecutorGone
+from pool.executor.protocol import EXIT_BOOT_FAILURE, READY, RECYCLED
+from pool.lightning.phoenix import PhoenixSocket, Push, Reply
+from pool.lightning.queue_channel import QueueChannel
+from pool.lightning.tokens import RunTokenError
+from pool.supervisor.admission import Admission
+from pool.supervisor.config import StartupError, SupervisorConfig, load_config
+from pool.supervisor.executors import (
+    BOOTING,
+    BUSY,
+    DEAD,
+    IDLE,
+    RESERVED,
+    STOPPING,
+    ExecutorSlot,
+    spawn_slot,
+)
+from pool.supervisor.session import DONE, REFUSED, RunSession
+from pool.supervisor.session import READY as SESSION_READY
+from pool.supervisor.snapshot import ExecutorView, PoolSnapshot
+from pool.supervisor.timers import Timers
+
+log = logging.getLogger("pool.supervisor")
+
+MAX_SLEEP_S = 1.0
+STOP_FLUSH_S = 10.0  # after cancelling runs at the graceful deadline: time to report them
+EXECUTOR_STOP_S = 10.0
+
+
+class HaltServer(Exception):
+    """Stop the supervisor now with ``exit_code`` and a one-line ``reason``."""
+
+    def __init__(self, reason: str, exit_code: int) -> None:
+        super().__init__(reason)
+        self.reason = reason
+        self.exit_code = exit_code
+
+
+class Arbiter:
+    """The supervisor's loop and everything it owns. Construct, then ``run()`` on the main
+    thread (executors are spawned from it, so their ``PR_SET_PDEATHSIG`` stays armed)."""
+
+    def __init__(self, config: SupervisorConfig) -> None:
+        self.config = config
+        self.inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.timers = Timers()
+        self.admission = Admission(config.workloops, config.backoff)
+        self.size = config.size
+        self.slots: dict[int, ExecutorSlot] = {}
+        self.sessions: dict[str, RunSession] = {}
+        self.waiting_for_executor: list[str] = []  # sessions whose reserved executor died
+        self.counters: Counter[str] = Counter()
+        self.runs_by_reason: Counter[str] = Counter()
+        self.count_hooks: list[Callable[[str, dict[str, str]], None]] = []
+        self.connected = False
+        self.queue_joined = False
+        self.draining = False
+        self.exit_code: int | None = None
+        self._stop_deadline: float | None = None
+        self._cancelled_at_deadline = False
+        self._next_slot_id = 1
+        self._booted = False
+        self._snapshot = PoolSnapshot(size=self.size, pid=os.getpid())
+        self.socket = PhoenixSocket(config.socket_url, timeout=config.message_timeout,
+                                    on_open=lambda: self.post(("socket_open",)),
+                                    on_close=lambda reason: self.post(("socket_closed", reason)))
+        self.queue = QueueChannel(self.socket, list(config.workloops), config.claim_timeout,
+                                  on_work_available=lambda: self.post(("work_available",)),
+                                  on_join=lambda reply, rejoined: self.post(
+                                      ("queue_joined", reply, rejoined)))
+
+    # -- seams for other threads ----------------------------------------------------------------
+    def post(self, item: tuple[Any, ...]) -> None:
+        """Put an item on the loop's inbox (any thread, signal handlers included)."""
+        self.inbox.put(item)
+
+    def submit(self, name: str, **args: Any) -> Future[Any]:
+        """Run ``command_<name>(**args)`` on the loop; the future holds its answer."""
+        future: Future[Any] = Future()
+        self.post(("command", name, args, future))
+        return future
+
+    def snapshot(self) -> PoolSnapshot:
+        return self._snapshot
+
+    def count(self, name: str, **labels: str) -> None:
+        """One countable thing happened (the single place counters and metrics hook in)."""
+        key = name + "".join(f"[{k}={v}]" for k, v in sorted(labels.items()))
+        self.counters[key] += 1
+        for hook in self.count_hooks:
+            try:
+                hook(name, labels)
+            except Exception:
+                log.exception("count hook %r failed", hook)
+
+    # -- the loop -----------------------------------------------------------------------------------
+    def run(self) -> int:
+        """Boot the pool, connect, serve until stopped; returns the exit code."""
+        self.install_signals()
+        try:
+            for _ in range(self.size):
+                self.spawn_executor()
+            while self.exit_code is None:
+                self.handle_items(self.wait_for_items())
+                now = time.monotonic()
+                self.timers.fire_due(now)
+                self.reap_executors()
+                self.check_boot_deadlines(now)
+                self.manage_executors()
+                self.claim_runs(now)
+                self.check_stop(now)
+                self.publish_snapshot()
+        except HaltServer as halt:
+            self.exit_code, reason = halt.exit_code, halt.reason
+        else:
+            reason = None
+        finally:
+            self.shutdown()
+        if reason:  # last, after the executors' own output: the one line to read
+            print(f"poolctl: {reason}", file=sys.stderr, flush=True)
+        return self.exit_code
+
+    def wait_for_items(self) -> list[tuple[Any, ...]]:
+        due = [d for d in (self.timers.next_due(), self.admission.next_claim_due()) if d]
+        wait = min([MAX_SLEEP_S] + [d - time.monotonic() for d in due])
+        try:
+            items = [self.inbox.get(timeout=max(0.0, wait))]
+        except queue.Empty:
+            return []
+        while True:
+            try:
+                items.append(self.inbox.get_nowait())
+            except queue.Empty:
+                return items
+
+    def handle_items(self, items: list[tuple[Any, ...]]) -> None:
+        for item in items:
+            handler = getattr(self, f"on_{item[0]}")
+            handler(*item[1:])
+
+    def publish_snapshot(self) -> None:
+        views = tuple(
+            ExecutorView(pid=s.pid, state=s.state, run_id=s.run_id, runs_done=s.runs_done,
+                         started_at=s.started_at, shim_pid=s.ready.get("shim_pid"), id=s.id)
+            for s in self.slots.values() if s.state != DEAD)
+        self._snapshot = PoolSnapshot(
+            executors=views, claims_in_flight=self.admission.claims_in_flight,
+            runs_by_reason=dict(self.runs_by_reason), queue_joined=self.queue_joined,
+            draining=self.draining, size=self.size, pid=os.getpid(), connected=self.connected,
+            active_runs=tuple(self.sessions), counters=dict(self.counters))
+
+    # -- signals and commands -------------------------------------------------------------------
+    def install_signals(self) -> None:
+        def enqueue(signum: int, _frame: FrameType | None) -> None:
+            self.inbox.put(("signal", signum))  # NO LOGGING here: the loop logs
+
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+            signal.signal(signum, enqueue)
+
+    def on_signal(self, signum: int) -> None:
+        if signum == signal.SIGCHLD:
+            return  # it only woke the loop: reap_executors runs every turn
+        name = signal.Signals(signum).name
+        if self.draining:
+            log.warning("%s again: stopping now, runs in progress are killed", name)
+            self.stop_now()
+        else:
+            log.info("%s: stopping gracefully (no more claims; %d runs to finish, up to %gs)",
+                     name, len(self.sessions), self.config.graceful_timeout)
+            self.begin_drain()
+
+    def on_command(self, name: str, args: dict[str, Any], future: Future[Any]) -> None:
+        handler = getattr(self, f"command_{name}", None)
+        if handler is None:
+            future.set_exception(ValueError(f"unknown command {name!r}"))
+            return
+        try:
+            future.set_result(handler(**args))
+        except Exception as exc:
+            future.set_exception(exc)
+
+    def command_status(self) -> PoolSnapshot:
+        self.publish_snapshot()
+        return self._snapshot
+
+    def command_stop(self, graceful: bool = True) -> str:
+        if graceful:
+            self.begin_drain()
+            return "stopping"
+        self.stop_now()
+        return "stopping now"
+
+    def begin_drain(self) -> None:
+        """Stop claiming; runs claimed so far finish; then the loop exits 0 (``check_stop``)."""
+        if not self.draining:
+            self.draining = True
+            self._stop_deadline = time.monotonic() + self.config.graceful_timeout
+
+    def stop_now(self) -> None:
+        """Cancel every run (each is still reported, as ``kill``) and stop soon after."""
+        self.draining = True
+        self.cancel_runs()
+        self._cancelled_at_deadline = True
+        self._stop_deadline = time.monotonic() + STOP_FLUSH_S
+
+    def check_stop(self, now: float) -> None:
+        if not self.draining:
+            return
+        if not self.sessions and not self.admission.claims_in_flight:
+            log.info("every run is reported; stopping")
+            self.exit_code = 0
+            return
+        if self._stop_deadline is not None and now >= self._stop_deadline:
+            if not self._cancelled_at_deadline:
+                log.warning("graceful timeout: cancelling %d runs", len(self.sessions))
+                self.cancel_runs()
+                self._cancelled_at_deadline = True
+                self._stop_deadline = now + STOP_FLUSH_S
+            else:
+                log.error("stopping with %d runs not fully reported", len(self.sessions))
+                self.exit_code = 0
+
+    def cancel_runs(self) -> None:
+        for slot in self.slots.values():
+            if slot.state == BUSY and slot.run_id:
+                # if it is gone, its reader reports the death, and the run as crashed
+                with contextlib.suppress(ExecutorGone):
+                    slot.handle.cancel(slot.run_id)
+
+    # -- executors ---------------------------------------------------------------------------------
+    def spawn_executor(self) -> ExecutorSlot:
+        slot_id, self._next_slot_id = self._next_slot_id, self._next_slot_id + 1
+        slot = spawn_slot(slot_id, self.config.executor_init, self.config.boot_timeout,
+                          self.post)
+        self.slots[slot_id] = slot
+        log.info("executor %s spawned (pid %s)", slot_id, slot.pid)
+        return slot
+
+    def manage_executors(self) -> None:
+        """Keep ``size`` executors alive (replacing the dead), unless stopping."""
+        if self.draining:
+            return
+        alive = sum(1 for s in self.slots.values() if s.state not in (DEAD, STOPPING))
+        for _ in range(self.size - alive):
+            self.spawn_executor()
+
+    def reap_executors(self) -> None:
+        """Notice executors that exited even when their socket has not closed (a shim that
+        outlived its executor may still hold it): waitpid is the truth, as in gunicorn."""
+        for slot in list(self.slots.values()):
+            code = slot.handle.proc.poll()
+            if code is not None and slot.state != DEAD:
+                why = (f"executor killed by signal {-code}" if code < 0
+                       else f"executor exited with code {code}")
+                self.on_executor_gone(slot.id, code, why)
+
+    def check_boot_deadlines(self, now: float) -> None:
+        for slot in list(self.slots.values()):
+            if slot.state == BOOTING and now >= slot.boot_deadline:
+                slot.handle.kill()
+                raise HaltServer(f"executor boot failed: no ready within "
+                                 f"{self.config.boot_timeout:g}s", EXIT_BOOT_FAILURE)
+
+    def on_executor_message(self, slot_id: int, message: dict[str, Any]) -> None:
+        slot = self.slots.get(slot_id)
+        if slot is None:
+            return
+        kind = message.get("type")
+        if kind == READY:
+            self.executor_ready(slot, message)
+        elif kind == RECYCLED:
+            log.info("executor %s replaced its shim (%s): %s → %s", slot.id,
+                     message.get("cause"), message.get("old_shim_pid"),
+                     message.get("new_shim_pid"))
+            self.count("shim_recycled", cause=str(message.get("cause")))
+        elif kind == BOOT_FAILED:
+            slot.boot_failure = str(message.get("reason") or "boot failed")
+        else:
+            session = self.sessions.get(slot.run_id or "")
+            if session is None or message.get("run_id") != slot.run_id:
+                log.warning("executor %s: %s for run %s, which it is not running; ignored",
+                            slot.id, kind, message.get("run_id"))
+                return
+            session.on_executor_message(message)
+            self.advance(session)
+
+    def executor_ready(self, slot: ExecutorSlot, message: dict[str, Any]) -> None:
+        first = slot.state == BOOTING
+        slot.ready = message
+        if slot.state == RESERVED:
+            return  # promised to a run already; nothing changes
+        if slot.state == BUSY:
+            slot.runs_done += 1
+        slot.run_id, slot.run_dispatched = None, False
+        if slot.state == STOPPING:
+            return
+        slot.state = IDLE
+        if first:
+            log.info("executor %s ready (pid %s, shim %s, node %s, runtime %s, %s)", slot.id,
+                     slot.pid, message.get("shim_pid"), message.get("node"),
+                     message.get("runtime"), message.get("isolation"))
+        self.give_to_waiting(slot)
+        if not self._booted and all(s.state != BOOTING for s in self.slots.values()):
+            self._booted = True
+            log.info("%d executors ready; connecting to Lightning at %s", self.size,
+                     self.config.lightning_url)
+            self.socket.connect()
+            self.queue.join()
+
+    def give_to_waiting(self, slot: ExecutorSlot) -> None:
+        """A run whose reserved executor died takes the next one that is ready."""
+        while self.waiting_for_executor and slot.state == IDLE:
+            session = self.sessions.get(self.waiting_for_executor.pop(0))
+            if session is not None and session.state != DONE:
+                self.reserve(slot, session)
+                self.advance(session)
+
+    def on_executor_gone(self, slot_id: int, returncode: int | None, reason: str) -> None:
+        slot = self.slots.get(slot_id)
+        if slot is None or slot.state == DEAD:
+            return
+        was, slot.state = slot.state, DEAD
+        slot.handle.close(timeout=1)  # also kills what is left of its process group
+        del self.slots[slot_id]
+        if returncode == EXIT_BOOT_FAILURE or slot.boot_failure:
+            raise HaltServer(f"executor boot failed: {slot.boot_failure or reason}",
+                             EXIT_BOOT_FAILURE)
+        if was == STOPPING:
+            return
+        log.error("executor %s (pid %s) died: %s%s", slot.id, slot.pid, reason,
+                  " (perhaps out of memory?)" if returncode == -signal.SIGKILL else "")
+        self.count("executor_died", state=was)
+        session = self.sessions.get(slot.run_id or "")
+        if session is None:
+            return
+        if slot.run_dispatched:
+            session.executor_died(reason)
+            self.advance(session)
+        else:  # reserved, not yet dispatched: the run waits for the next ready executor
+            session.slot_id = None
+            idle = self.idle_slot()
+            if idle is not None:
+                self.reserve(idle, session)
+            else:
+                self.waiting_for_executor.append(session.run_id)
+
+    def idle_slot(self) -> ExecutorSlot | None:
+        return next((s for s in self.slots.values() if s.state == IDLE), None)
+
+    def reserve(self, slot: ExecutorSlot, session: RunSession) -> None:
+        slot.state, slot.run_id = RESERVED, session.run_id
+        session.slot_id = slot.id
+
+    def release(self, session: RunSession) -> None:
+        """The run will not be dispatched: its reserved executor is free again."""
+        slot = self.slots.get(session.slot_id) if session.slot_id is not None else None
+        if slot is not None and slot.state == RESERVED and slot.run_id == session.run_id:
+            slot.state, slot.run_id = IDLE, None
+            self.give_to_waiting(slot)
+        session.slot_id = None
+        if session.run_id in self.waiting_for_executor:
+            self.waiting_for_executor.remove(session.run_id)
+
+    # -- Lightning connection --------------------------------------------------------------------
+    def on_socket_open(self) -> None:
+        if self.counters["socket_opened"]:
+            self.count("reconnected")
+        self.counters["socket_opened"] += 1
+        self.connected = True
+
+    def on_socket_closed(self, reason: str) -> None:
+        self.connected = self.queue_joined = False
+        for session in self.sessions.values():
+            session.on_socket_closed()
+
+    def on_queue_joined(self, reply: Reply, rejoined: bool) -> None:
+        if not reply.ok:
+            log.error("Lightning refused to join worker:queue: %s", reply.response)
+            self.queue_joined = False
+            return
+        log.info("%s worker:queue (size %d, workloops %s)", "rejoined" if rejoined else "joined",
+                 self.size, " ".join(f"{w.name}:{w.capacity}" for w in self.config.workloops))
+        self.queue_joined = True
+        self.admission.wake_all(time.monotonic())
+
+    def on_work_available(self) -> None:
+        self.admission.wake_all(time.monotonic(), reset=False)
+
+    # -- admission ----------------------------------------------------------------------------------
+    def claim_runs(self, now: float) -> None:
+        """Claim what the pool can start right now (admission.py has the rules)."""
+        if self.draining or not self.queue_joined:
+            return
+        idle = sum(1 for s in self.slots.values() if s.state == IDLE)
+        free = idle - len(self.waiting_for_executor)
+        for index, demand in self.admission.plan_claims(free, now):
+            loop = self.config.workloops[index]
+            self.queue.claim(demand, self.config.worker_name, loop.queues,
+                             callback=lambda push, i=index, d=demand: self.post(
+                                 ("claim_replied", i, d, push)))
+            self.count("claim_sent", workloop=loop.name)
+
+    def on_claim_replied(self, index: int, demand: int, push: Push) -> None:
+        now = time.monotonic()
+        try:
+            runs = push.result(0)
+        except Exception as exc:  # LightningError: error, timeout or unreadable reply
+            if not self.draining:
+                log.warning("claim failed: %s", exc)
+            self.admission.claim_answered(index, 0, now)
+            return
+        if len(runs) > demand:
+            log.error("Lightning sent %d runs for a claim of %d; the extra runs are not joined "
+                      "and will be re-queued", len(runs), demand)
+            runs = runs[:demand]
+        self.admission.claim_answered(index, len(runs), now)
+        for claimed in runs:
+            self.count("run_claimed")
+            self.join_run(index, claimed.id, claimed.token)
+
+    def join_run(self, workloop: int, run_id: str, token: str) -> None:
+        """Verify the run token, reserve an executor, join ``run:<id>`` at once."""
+        try:
+            claims = self.config.verifier.verify(token)
+        except RunTokenError as exc:
+            log.error("run %s refused: %s; it is not joined and Lightning will re-queue it",
+                      run_id, exc)
+            self.count("run_token_refused")
+            self.admission.run_finished(workloop, time.monotonic())
+            return
+        expires = None
+        if claims and isinstance(claims.get("exp"), int | float):
+            expires = time.monotonic() + (claims["exp"] - time.time())
+        session = RunSession(run_id, token, workloop, self.socket, self.config, self.timers,
+                             self.post, self.count, expires)
+        self.sessions[run_id] = session
+        slot = self.idle_slot()
+        if slot is not None:
+            self.reserve(slot, session)
+        else:  # cannot happen with correct accounting; the run waits rather than queue
+            log.error("run %s: no idle executor for a claimed run; it waits for one", run_id)
+            self.waiting_for_executor.append(run_id)
+        self.timers.call_at(session.deadline, self.check_run_deadline, run_id)
+        session.join()
+
+    # -- runs -----------------------------------------------------------------------------------
+    def on_run_joined(self, run_id: str, reply: Reply, rejoined: bool) -> None:
+        session = self.sessions.get(run_id)
+        if session is not None:
+            session.on_joined(reply)
+            self.advance(session)
+
+    def on_run_fetched(self, run_id: str, what: str, push: Push) -> None:
+        session = self.sessions.get(run_id)
+        if session is not None:
+            session.on_fetched(what, push)
+            self.advance(session)
+
+    def on_run_sent(self, run_id: str, tag: int, push: Push) -> None:
+        session = self.sessions.get(run_id)
+        if session is not None:
+            session.on_sent(tag, push)
+            self.advance(session)
+
+    def advance(self, session: RunSession) -> None:
+        """Act on a session's new state: dispatch it, drop it, or complete it."""
+        if session.state == SESSION_READY and session.slot_id is not None:
+            self.dispatch_run(session)
+        elif session.state == REFUSED:
+            self.count("run_join_refused")
+            self.release(session)
+            session.leave()
+            self.forget_run(session)
+        elif session.state == DONE:
+            self.complete_run(session)
+
+    def dispatch_run(self, session: RunSession) -> None:
+        slot = self.slots[session.slot_id]  # type: ignore[index]
+        converted = session.converted
+        assert converted is not None
+        slot.state, slot.run_dispatched = BUSY, True
+        session.dispatched(slot.id)
+        try:
+            slot.handle.run(session.run_id, converted.plan, session.input, converted.limits,
+                            converted.options)
+        except ExecutorGone as gone:
+            session.executor_died(gone.reason)  # its reader thread reports the death too
+        session.input = None
+        self.count("run_dispatched")
+        self.advance(session)
+
+    def complete_run(self, session: RunSession) -> None:
+        """``run:complete`` is answered (or given up): leave, free the workloop's slot."""
+        reason = session.reason or "lost"
+        log.info("run %s complete: %s", session.run_id, reason)
+        self.runs_by_reason[reason] += 1
+        self.count("run_completed", reason=reason)
+        self.release(session)
+        session.leave()
+        self.forget_run(session)
+
+    def forget_run(self, session: RunSession) -> None:
+        self.sessions.pop(session.run_id, None)
+        self.admission.run_finished(session.workloop, time.monotonic())
+
+    def check_run_deadline(self, run_id: str) -> None:
+        session = self.sessions.get(run_id)
+        if session is None:
+            return
+        if not session.stuck:  # still moving: the run timeout bounds it, check again later
+            self.timers.call_later(5.0, self.check_run_deadline, run_id)
+            return
+        lost = session.give_up()
+        log.error("run %s: gave up reporting it (%d events undelivered): its token expired "
+                  "while Lightning was unreachable", run_id, lost)
+        self.count("run_lost")
+        slot = self.slots.get(session.slot_id) if session.slot_id is not None else None
+        if slot is not None and slot.state == BUSY:
+            with contextlib.suppress(ExecutorGone):
+                slot.handle.cancel(run_id)
+        session.reason = session.reason or "lost"
+        self.complete_run(session)
+
+    # -- the end ----------------------------------------------------------------------------------
+    def shutdown(self) -> None:
+        """Stop every executor and close the connection (also after a halt)."""
+        for slot in list(self.slots.values()):
+            if slot.state != DEAD:
+                slot.state = STOPPING
+                slot.handle.close(timeout=EXECUTOR_STOP_S if self.exit_code == 0 else 1.0)
+        self.slots.clear()
+        if self.queue_joined:
+            with contextlib.suppress(TimeoutError):
+                self.queue.leave().wait(2.0)
+        self.socket.disconnect()
+        self.publish_snapshot()
+
+
+def configure_logging(level: str) -> None:
+    names = {"warn": "WARNING", "warning": "WARNING", "debug": "DEBUG", "info": "INFO",
+             "error": "ERROR"}
+    logging.basicConfig(level=names.get(str(level).lower(), "INFO"), stream=sys.stderr,
+                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+
+
+def start_command(settings: Any) -> int:
+    """``poolctl start``: check the settings, log where each came from, run the arbiter."""
+    try:
+        config = load_config(settings)
+    except StartupError as exc:
+        print(f"poolctl start: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code
+    configure_logging(settings.log_level)
+    for warning in settings.warnings:
+        log.warning("%s", warning)
+    for line in settings.describe():
+        log.info("setting %s", line)
+    return Arbiter(config).run()

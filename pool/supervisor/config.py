@@ -1,0 +1,142 @@
+"""``poolctl start``'s settings, checked once before anything starts.
+
+Every rule that would otherwise surface later as a confusing failure (a missing secret, an
+unreadable public key, ``--size`` together with ``WORKER_WORKLOOPS``, a malformed backoff) is
+checked here and becomes one line and exit code 2, so an operator fixes the setting instead of
+reading a traceback or watching a worker that never claims.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from pool import __version__
+from pool.executor.config import ISOLATION_MODES, init_message
+from pool.lightning.phoenix import build_socket_url
+from pool.lightning.plan import Collections, RunDefaults
+from pool.lightning.tokens import (
+    PublicKeyError,
+    RunTokenVerifier,
+    make_worker_token,
+    new_worker_id,
+)
+from pool.lightning.workloops import (
+    Backoff,
+    Workloop,
+    WorkloopError,
+    default_workloops,
+    parse_backoff,
+    parse_workloops,
+)
+
+EXIT_SETTINGS = 2
+EXIT_BOOT_FAILURE = 3
+# How long after its deadline (token expiry or run timeout) a run's kept events are given up.
+RUN_GRACE_S = 60.0
+# Events kept for one run while Lightning is unreachable, at most (log lines go first).
+OUTBOX_CAP_BYTES = 64 * 1024 * 1024
+
+
+class StartupError(Exception):
+    """A setting makes starting pointless; ``str()`` is the one line to print."""
+
+    def __init__(self, message: str, exit_code: int = EXIT_SETTINGS) -> None:
+        super().__init__(message)
+        self.exit_code = exit_code
+
+
+@dataclass(frozen=True)
+class SupervisorConfig:
+    """What the arbiter needs, derived from the resolved settings."""
+
+    socket_url: str  # holds the worker token: never log it
+    lightning_url: str
+    worker_id: str
+    worker_name: str | None
+    workloops: tuple[Workloop, ...]
+    backoff: Backoff
+    verifier: RunTokenVerifier
+    defaults: RunDefaults
+    collections: Collections | None
+    executor_init: dict[str, Any]
+    message_timeout: float
+    claim_timeout: float
+    boot_timeout: float
+    graceful_timeout: float
+    batch_logs: bool
+    batch_interval_s: float
+    batch_limit: int
+
+    @property
+    def size(self) -> int:
+        """Executors in the pool: the sum of the workloops' slots."""
+        return sum(loop.capacity for loop in self.workloops)
+
+
+def load_config(settings: Any) -> SupervisorConfig:
+    """Check ``settings`` (a ``pool.settings.Settings`` for ``start``); StartupError if unusable."""
+    if not settings.secret:
+        raise StartupError("WORKER_SECRET is not set: poolctl start needs Lightning's worker "
+                           "secret (--secret or WORKER_SECRET)")
+    try:
+        if settings.workloops:
+            if not settings.is_default("size"):
+                raise StartupError(
+                    f"--size/WORKER_CAPACITY ({settings.source('size')}) and --workloops/"
+                    f"WORKER_WORKLOOPS ({settings.source('workloops')}) exclude each other: "
+                    "the size is the sum of the workloops' slots")
+            workloops = parse_workloops(settings.workloops)
+        else:
+            workloops = default_workloops(int(settings.size))
+        backoff = parse_backoff(settings.backoff)
+    except WorkloopError as exc:
+        raise StartupError(str(exc)) from None
+    try:
+        verifier = RunTokenVerifier(settings.lightning_public_key)
+    except PublicKeyError as exc:
+        raise StartupError(str(exc)) from None
+    worker_id = new_worker_id()
+    try:
+        url = build_socket_url(settings.lightning_url,
+                               make_worker_token(settings.secret, worker_id), __version__)
+    except ValueError as exc:
+        raise StartupError(f"WORKER_LIGHTNING_SERVICE_URL: {exc}") from None
+    if settings.isolation not in ISOLATION_MODES:
+        raise StartupError(f"--isolation must be one of {', '.join(ISOLATION_MODES)}, "
+                           f"got {settings.isolation!r}")
+    _check_positive("WORKER_MESSAGE_TIMEOUT_SECONDS", settings.message_timeout)
+    _check_positive("WORKER_CLAIM_TIMEOUT_SECONDS", settings.claim_timeout)
+    _check_positive("WORKER_MAX_RUN_DURATION_SECONDS", settings.max_run_duration)
+    _check_positive("WORKER_BOOT_TIMEOUT_SECONDS", settings.boot_timeout)
+    _check_positive("WORKER_BATCH_LIMIT", settings.batch_limit)
+    if settings.batch_interval < 0:
+        raise StartupError(f"WORKER_BATCH_INTERVAL must not be negative, got "
+                           f"{settings.batch_interval}")
+    collections = (Collections(settings.collections_url, settings.collections_version)
+                   if settings.collections_url else None)
+    graceful = settings.graceful_timeout
+    return SupervisorConfig(
+        socket_url=url,
+        lightning_url=settings.lightning_url,
+        worker_id=worker_id,
+        worker_name=settings.worker_name or None,
+        workloops=tuple(workloops),
+        backoff=backoff,
+        verifier=verifier,
+        defaults=RunDefaults.from_settings(settings),
+        collections=collections,
+        executor_init=init_message(settings),
+        message_timeout=float(settings.message_timeout),
+        claim_timeout=float(settings.claim_timeout),
+        boot_timeout=float(settings.boot_timeout),
+        graceful_timeout=float(graceful if graceful is not None else settings.max_run_duration),
+        batch_logs=bool(settings.batch_logs),
+        batch_interval_s=settings.batch_interval / 1000.0,
+        batch_limit=int(settings.batch_limit),
+    )
+
+
+def _check_positive(name: str, value: float) -> None:
+    if value <= 0:
+        raise StartupError(f"{name} must be above 0, got {value}")

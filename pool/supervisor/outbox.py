@@ -1,0 +1,251 @@
+"""One run's events on their way to Lightning: strictly in order, one reply at a time.
+
+Rules (lightning-protocol.md §6.3, DESIGN "A joined run always ends with run:complete"):
+
+* An event is sent, its reply awaited, then the next: ``step:complete`` never overtakes its
+  logs, ``run:complete`` never overtakes ``step:complete``.
+* Batching (``WORKER_BATCH_LOGS``): log lines at the head of the queue go as one
+  ``run:batch_logs``, sent at once when ``batch_limit`` lines are waiting or another event is
+  waiting behind them, else after ``batch_interval``. The worker's own lines (versions, final
+  status) go as batches of one, as ws-worker sends them.
+* An error reply is logged and the queue goes on, except for ``step:complete``: it is sent once
+  more without its dataclip (a too-large or refused body must not cost the step).
+* No reply in time: a log event is not sent again (it may have landed; a second copy would
+  duplicate it), a lifecycle event is sent again, same ids, until any reply comes — an error
+  reply to a resend means the first copy landed.
+* The socket is down: nothing new is sent; what was in flight is sent again after the rejoin.
+  Kept events are bounded in bytes; above the cap, log lines are dropped first (counted).
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+from pool.lightning.payloads import BATCH_LOGS, RUN_COMPLETE, RUN_LOG, STEP_COMPLETE, batch_payload
+from pool.lightning.phoenix import Reply, describe_failure
+from pool.supervisor.timers import Timers
+
+log = logging.getLogger(__name__)
+
+LOG = "log"  # an engine log line: may share a batch
+LINE = "line"  # a line the worker writes itself: a batch of its own
+LIFECYCLE = "lifecycle"
+LOG_EVENTS = (RUN_LOG, BATCH_LOGS)
+
+Send = Callable[[str, dict[str, Any], int], None]
+Count = Callable[..., None]
+
+
+@dataclass
+class Outgoing:
+    event: str
+    payload: dict[str, Any]
+    kind: str
+    size: int
+
+
+@dataclass
+class InFlight:
+    items: list[Outgoing]
+    event: str
+    payload: dict[str, Any]
+    resent: bool = False  # sent again after a timeout: an error reply now means it landed
+    without_dataclip: bool = False
+    await_rejoin: bool = False  # timed out while the socket was down: send after the rejoin
+
+
+class Outbox:
+    """The ordered queue of one run's events; driven by the arbiter loop."""
+
+    def __init__(self, run_id: str, send: Send, timers: Timers, count: Count, *,
+                 batch_logs: bool, batch_interval_s: float, batch_limit: int,
+                 cap_bytes: int, on_withhold: Callable[[str, str], None],
+                 on_finished: Callable[[], None]) -> None:
+        self.run_id = run_id
+        self._send = send
+        self._timers = timers
+        self._count = count
+        self.batch_logs = batch_logs
+        self.batch_interval_s = batch_interval_s
+        self.batch_limit = max(1, batch_limit)
+        self.cap_bytes = cap_bytes
+        self._on_withhold = on_withhold
+        self._on_finished = on_finished
+        self.queue: deque[Outgoing] = deque()
+        self.bytes = 0
+        self.inflight: InFlight | None = None
+        self.tag = 0
+        self.channel_up = False
+        self.batch_due: float | None = None
+        self.finished = False
+
+    # -- input ------------------------------------------------------------------------------
+    def add(self, events: list[tuple[str, dict[str, Any]]], log_kind: str = LOG) -> None:
+        """Queue events in order; ``log_kind`` says whether their log lines may be batched."""
+        for event, payload in events:
+            kind = log_kind if event == RUN_LOG else LIFECYCLE
+            size = len(json.dumps(payload, ensure_ascii=False, default=str))
+            self.queue.append(Outgoing(event, payload, kind, size))
+            self.bytes += size
+        self._enforce_cap()
+        self.pump()
+
+    def pause(self) -> None:
+        """The socket dropped: hold everything until the run channel is joined again."""
+        self.channel_up = False
+
+    def resume(self) -> None:
+        self.channel_up = True
+        flight = self.inflight
+        if flight is not None and flight.await_rejoin:
+            flight.await_rejoin = False
+            self._transmit(flight)
+        self.pump()
+
+    def scrub_dataclip(self, dataclip_id: str) -> None:
+        """A dataclip was not stored after all: queued events must not point at it."""
+        for item in self.queue:
+            if item.payload.get("input_dataclip_id") == dataclip_id:
+                del item.payload["input_dataclip_id"]
+            if item.payload.get("final_dataclip_id") == dataclip_id:
+                del item.payload["final_dataclip_id"]
+
+    def abandon(self, why: str) -> int:
+        """Give up on everything not yet delivered (the run token expired); returns how many."""
+        lost = len(self.queue) + (1 if self.inflight else 0)
+        for item in self.queue:
+            self._count("event_dropped", reason=why, event=item.event)
+        self.queue.clear()
+        self.bytes = 0
+        self.inflight = None
+        self.finished = True
+        return lost
+
+    # -- sending ------------------------------------------------------------------------------
+    def pump(self) -> None:
+        """Send the next event (or batch) if nothing is waiting for a reply."""
+        if self.finished or self.inflight is not None or not self.channel_up or not self.queue:
+            return
+        head = self.queue[0]
+        if head.kind == LOG and self.batch_logs:
+            self._pump_batch()
+            return
+        item = self._pop()
+        if item.kind == LIFECYCLE:
+            self._start(InFlight([item], item.event, item.payload))
+        elif self.batch_logs:
+            self._start(InFlight([item], BATCH_LOGS, batch_payload(self.run_id, [item.payload])))
+        else:
+            self._start(InFlight([item], RUN_LOG, item.payload))
+
+    def _pump_batch(self) -> None:
+        lines = 0
+        for item in self.queue:
+            if item.kind != LOG or lines == self.batch_limit:
+                break
+            lines += 1
+        now = time.monotonic()
+        waiting_behind = lines < len(self.queue)
+        if lines >= self.batch_limit or waiting_behind or (
+                self.batch_due is not None and now >= self.batch_due):
+            items = [self._pop() for _ in range(lines)]
+            self._start(InFlight(items, BATCH_LOGS,
+                                 batch_payload(self.run_id, [i.payload for i in items])))
+        elif self.batch_due is None:
+            self.batch_due = now + self.batch_interval_s
+            self._timers.call_at(self.batch_due, self.pump)
+
+    def _pop(self) -> Outgoing:
+        item = self.queue.popleft()
+        self.bytes -= item.size
+        return item
+
+    def _start(self, flight: InFlight) -> None:
+        self.batch_due = None
+        self.inflight = flight
+        self._transmit(flight)
+
+    def _transmit(self, flight: InFlight) -> None:
+        self.tag += 1
+        self._send(flight.event, flight.payload, self.tag)
+
+    # -- replies ------------------------------------------------------------------------------
+    def on_reply(self, tag: int, reply: Reply) -> None:
+        flight = self.inflight
+        if flight is None or tag != self.tag or self.finished:
+            return  # a reply to a copy we no longer wait for
+        if reply.status == "ok":
+            self._next()
+        elif reply.status == "timeout":
+            self._on_timeout(flight)
+        elif flight.resent:
+            log.info("run %s: %s was refused when sent again: the first copy landed",
+                     self.run_id, flight.event)
+            self._next()
+        elif flight.event == STEP_COMPLETE and not flight.without_dataclip \
+                and "output_dataclip_id" in flight.payload:
+            self._resend_without_dataclip(flight, reply)
+        else:
+            log.warning("run %s: Lightning refused %s: %s", self.run_id, flight.event,
+                        describe_failure(flight.event, reply))
+            self._count("event_refused", event=flight.event)
+            self._next()
+
+    def _on_timeout(self, flight: InFlight) -> None:
+        if not self.channel_up:
+            flight.await_rejoin = True  # the socket is down: this is not Lightning's silence
+            return
+        if flight.event in LOG_EVENTS:
+            log.warning("run %s: no reply to %s within the message timeout; not sent again "
+                        "(it may have landed)", self.run_id, flight.event)
+            self._count("event_dropped", reason="timeout", event=flight.event)
+            self._next()
+            return
+        log.warning("run %s: no reply to %s within the message timeout; sending it again",
+                    self.run_id, flight.event)
+        self._count("event_resent", event=flight.event)
+        flight.resent = True
+        self._transmit(flight)
+
+    def _resend_without_dataclip(self, flight: InFlight, reply: Reply) -> None:
+        log.warning("run %s: Lightning refused step:complete (%s); sending it again without "
+                    "the output dataclip", self.run_id, describe_failure(flight.event, reply))
+        self._count("event_refused", event=flight.event)
+        payload = dict(flight.payload)
+        dataclip_id = payload.pop("output_dataclip_id")
+        payload.pop("output_dataclip", None)
+        flight.payload, flight.without_dataclip = payload, True
+        self._on_withhold(payload["step_id"], dataclip_id)
+        self.scrub_dataclip(dataclip_id)
+        self._transmit(flight)
+
+    def _next(self) -> None:
+        flight = self.inflight
+        self.inflight = None
+        if flight is not None and flight.event == RUN_COMPLETE:
+            self.finished = True
+            self._on_finished()
+            return
+        self.pump()
+
+    def _enforce_cap(self) -> None:
+        if self.bytes <= self.cap_bytes:
+            return
+        dropped = 0
+        for item in list(self.queue):
+            if self.bytes <= self.cap_bytes:
+                break
+            if item.kind != LIFECYCLE:
+                self.queue.remove(item)
+                self.bytes -= item.size
+                dropped += 1
+                self._count("event_dropped", reason="memory", event=item.event)
+        if dropped:
+            log.warning("run %s: %d log lines dropped: more than %d MB of events waiting for "
+                        "Lightning", self.run_id, dropped, self.cap_bytes // (1024 * 1024))

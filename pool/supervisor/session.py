@@ -1,0 +1,247 @@
+"""One claimed run, from its channel join to its ``run:complete`` (DESIGN "One run, end to end").
+
+States, advanced only by the arbiter loop::
+
+    joining ─ok→ fetching ─plan, dataclip, credentials→ ready ─dispatched→ running
+       │              └─any fetch failed→ reporting (run:complete exception, no run:start)
+       └─refused→ refused (no channel to report on: Lightning re-queues the run)
+    running ─executor's run-complete (or its death, reported as crash)→ reporting ─→ done
+
+A rejoin after a socket drop never moves the state back: the run is never fetched or
+executed twice, its kept events are simply delivered. The session does no process work: the
+arbiter reads its state after every call and dispatches, releases or completes it.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from typing import Any
+
+from pool.lightning.payloads import (
+    RUN_COMPLETE,
+    RunEvents,
+    credential_error_message,
+    dataclip_error_message,
+    error_complete,
+    now_us,
+)
+from pool.lightning.phoenix import LightningError, PhoenixSocket, Push, Reply
+from pool.lightning.plan import ConvertedPlan, PlanError, attach_credentials, convert_plan
+from pool.lightning.run_channel import RunChannel
+from pool.supervisor.config import OUTBOX_CAP_BYTES, RUN_GRACE_S, SupervisorConfig
+from pool.supervisor.outbox import LINE, LOG, Outbox
+from pool.supervisor.timers import Timers
+
+log = logging.getLogger(__name__)
+
+JOINING, FETCHING, READY, RUNNING, REPORTING, DONE, REFUSED = (
+    "joining", "fetching", "ready", "running", "reporting", "done", "refused")
+
+Post = Callable[[tuple[Any, ...]], None]
+
+
+class RunSession:
+    """A run's channel, fetches, event bookkeeping and outbox."""
+
+    def __init__(self, run_id: str, token: str, workloop: int, sock: PhoenixSocket,
+                 config: SupervisorConfig, timers: Timers, post: Post,
+                 count: Callable[..., None], token_expires_at: float | None) -> None:
+        self.run_id = run_id
+        self.token = token
+        self.workloop = workloop
+        self.config = config
+        self.post = post
+        self.state = JOINING
+        self.slot_id: int | None = None
+        self.claimed_at = time.monotonic()
+        # when kept events are given up if still undelivered: the token's expiry when known
+        self.deadline = token_expires_at if token_expires_at is not None else (
+            self.claimed_at + config.defaults.timeout_ms / 1000 + RUN_GRACE_S)
+        self.reason: str | None = None  # the reason reported in run:complete
+        self.executor_done = False
+        self.converted: ConvertedPlan | None = None
+        self.input: Any = {}
+        self.events: RunEvents | None = None
+        self._credentials: dict[str, Any] = {}
+        self._fetch_failures: dict[str, LightningError] = {}
+        self._dataclip_failure: LightningError | None = None
+        self._fetching: set[str] = set()
+        self.channel = RunChannel(sock, run_id, token, timeout=config.message_timeout,
+                                  on_join=self._joined)
+        self.outbox = Outbox(run_id, self._send_event, timers, count,
+                             batch_logs=config.batch_logs,
+                             batch_interval_s=config.batch_interval_s,
+                             batch_limit=config.batch_limit, cap_bytes=OUTBOX_CAP_BYTES,
+                             on_withhold=self._withhold, on_finished=self._finished)
+
+    # -- channel ------------------------------------------------------------------------------
+    def join(self) -> None:
+        self.channel.join()
+
+    def _joined(self, reply: Reply, rejoined: bool) -> None:  # socket thread: enqueue only
+        self.post(("run_joined", self.run_id, reply, rejoined))
+
+    def on_joined(self, reply: Reply) -> None:
+        """Every join outcome, the first and each rejoin after a drop."""
+        if self.state == JOINING:
+            if not reply.ok:
+                log.error("run %s: Lightning refused to join run:%s (%s); it will re-queue the "
+                          "run", self.run_id, self.run_id, _describe(reply))
+                self.state = REFUSED
+                return
+            self.outbox.channel_up = True
+            self.fetch_plan()
+        elif reply.ok:
+            self.outbox.resume()
+
+    def on_socket_closed(self) -> None:
+        self.outbox.pause()
+
+    def leave(self) -> None:
+        self.channel.leave()
+
+    # -- fetching -----------------------------------------------------------------------------
+    def fetch_plan(self) -> None:
+        self.state = FETCHING
+        self._fetch("plan", self.channel.fetch_plan)
+
+    def _fetch(self, what: str, start: Callable[..., Push], *args: Any) -> None:
+        self._fetching.add(what)
+        start(*args, callback=lambda push: self.post(("run_fetched", self.run_id, what, push)))
+
+    def on_fetched(self, what: str, push: Push) -> None:
+        self._fetching.discard(what)
+        if self.state != FETCHING:
+            return
+        if what == "plan":
+            self._plan_fetched(push)
+        elif what == "dataclip":
+            try:
+                self.input = push.result(0)
+            except LightningError as exc:
+                self._dataclip_failure = exc
+        else:
+            credential_id = what.partition(":")[2]
+            try:
+                self._credentials[credential_id] = push.result(0)
+            except LightningError as exc:
+                self._fetch_failures[credential_id] = exc
+        if not self._fetching and self.state == FETCHING:
+            self._fetches_settled()
+
+    def _plan_fetched(self, push: Push) -> None:
+        try:
+            plan = push.result(0)
+            self.converted = convert_plan(plan, self.config.defaults, run_id=self.run_id,
+                                          run_token=self.token,
+                                          collections=self.config.collections)
+        except (LightningError, PlanError) as exc:
+            self.fail_before_start("exception", "ExecutionError", f"Invalid plan: {exc}")
+            return
+        converted = self.converted
+        if converted.dataclip_id:
+            self._fetch("dataclip", self.channel.fetch_dataclip, converted.dataclip_id)
+        for credential_id in converted.credential_ids:
+            self._fetch(f"credential:{credential_id}", self.channel.fetch_credential,
+                        credential_id)
+
+    def _fetches_settled(self) -> None:
+        converted = self.converted
+        assert converted is not None
+        if self._dataclip_failure is not None:
+            self.fail_before_start("exception", "DataClipError", dataclip_error_message(
+                converted.dataclip_id or "", self._dataclip_failure))
+        elif self._fetch_failures:
+            self.fail_before_start("exception", "CredentialLoadError",
+                                   credential_error_message(dict(self._fetch_failures)))
+        else:
+            attach_credentials(converted.plan, self._credentials)
+            self._credentials.clear()  # secrets live no longer than needed
+            self.state = READY
+
+    def fail_before_start(self, reason: str, error_type: str, message: str) -> None:
+        """The run cannot start: ``run:complete`` alone, no ``run:start`` (as ws-worker)."""
+        log.error("run %s: %s: %s", self.run_id, error_type, message)
+        self.reason = reason
+        self.state = REPORTING
+        self.executor_done = True
+        self.outbox.add([(RUN_COMPLETE, error_complete(reason, error_type, message))])
+
+    # -- running ------------------------------------------------------------------------------
+    def dispatched(self, slot_id: int) -> None:
+        """The executor got the run: start its events with the worker's preamble lines."""
+        converted = self.converted
+        assert converted is not None
+        self.state = RUNNING
+        timeout_s = converted.limits["timeout_ms"] / 1000
+        self.deadline = max(self.deadline, time.monotonic() + timeout_s + RUN_GRACE_S)
+        self.events = RunEvents(self.run_id, converted.limits, converted.output_dataclips,
+                                converted.dataclip_id, thread_id=slot_id)
+        self.outbox.add(self.events.preamble(), LOG)
+
+    def on_executor_message(self, message: dict[str, Any]) -> None:
+        if self.events is None or self.executor_done:
+            return
+        kind = message.get("type")
+        try:
+            events = self.events.on_message(message)
+        except (KeyError, ValueError, TypeError) as exc:
+            log.error("run %s: unreadable %s message from its executor ignored: %s",
+                      self.run_id, kind, exc)
+            return
+        if kind == "run-complete":
+            self.executor_done = True
+            self.reason = message.get("reason") or "crash"
+            self.state = REPORTING
+        # engine log lines may share a batch; lines the worker adds itself go alone
+        self.outbox.add(events, LOG if kind == "log" else LINE)
+
+    def executor_died(self, why: str) -> None:
+        """Its executor is gone mid-run: report the run as crashed (closing any open step)."""
+        if self.executor_done or self.events is None:
+            return
+        log.error("run %s: its executor died: %s", self.run_id, why)
+        self.on_executor_message({"type": "run-complete", "run_id": self.run_id,
+                                  "reason": "crash", "error_type": "ExitError",
+                                  "error_message": why, "final_state": None,
+                                  "time_us": now_us()})
+
+    # -- reporting ------------------------------------------------------------------------------
+    def _send_event(self, event: str, payload: dict[str, Any], tag: int) -> None:
+        self.channel.send(event, payload,
+                          callback=lambda push: self.post(("run_sent", self.run_id, tag, push)))
+
+    def on_sent(self, tag: int, push: Push) -> None:
+        assert push.reply is not None
+        self.outbox.on_reply(tag, push.reply)
+
+    def _withhold(self, step_id: str, dataclip_id: str) -> None:
+        """A step's output was not stored: later steps and the run must not point at it."""
+        if self.events is None:
+            return
+        self.events.outputs[step_id] = None
+        self.events.leaves = [None if d == dataclip_id else d for d in self.events.leaves]
+
+    def _finished(self) -> None:
+        self.state = DONE
+
+    def give_up(self) -> int:
+        """The deadline passed with events undelivered: drop them; returns how many."""
+        lost = self.outbox.abandon("expired")
+        self.state = DONE
+        return lost
+
+    @property
+    def stuck(self) -> bool:
+        """Waiting on Lightning rather than on the run: the channel is down or a resend is out."""
+        flight = self.outbox.inflight
+        return not self.outbox.channel_up or (flight is not None and flight.resent)
+
+
+def _describe(reply: Reply) -> str:
+    response = reply.response
+    if isinstance(response, dict) and "reason" in response:
+        return str(response["reason"])
+    return reply.status if response is None else str(response)
