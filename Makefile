@@ -6,7 +6,8 @@ BIN := $(VENV)/bin
 SHIM := pool/shim
 # the adaptor repo the tests and `make dev` use (an operator's default is ~/.openfn/worker/repo)
 REPO := $(CURDIR)/.repo
-TEST_ADAPTORS := @openfn/language-common@3.3.4 @openfn/language-http@7.2.10
+TEST_ADAPTORS := @openfn/language-common@3.3.4 @openfn/language-http@7.2.10 \
+	@openfn/language-collections@0.8.0
 export WORKER_REPO_DIR ?= $(REPO)
 
 .PHONY: all dev test lint test-node24 bench bench-executor soak clean setup
@@ -23,7 +24,7 @@ $(SHIM)/node_modules/.stamp: $(SHIM)/package.json $(SHIM)/package-lock.json
 	cd $(SHIM) && npm ci --no-audit --no-fund --loglevel=error
 	touch $@
 
-$(REPO)/.stamp: $(BIN)/.stamp
+$(REPO)/.stamp: $(BIN)/.stamp Makefile
 	$(BIN)/poolctl install --repo-dir $(REPO) $(TEST_ADAPTORS)
 	touch $@
 
@@ -47,6 +48,14 @@ test-node24: setup $(NODE24)
 
 bench-executor: setup
 	$(BIN)/python -m pool.bench.executor
+
+# end to end through `poolctl start` against the dev server (~10 min on 2 cores)
+bench: setup
+	$(BIN)/python -m pool.bench.e2e
+
+# 10,000 trivial runs at size 2 (context, recycling on): RSS per block of 1,000 runs
+soak: setup
+	$(BIN)/python -m pool.bench.soak
 
 # the whole product: dev server (:4000, API :4001) + `poolctl start` + examples/ enqueued
 dev: setup

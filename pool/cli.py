@@ -113,5 +113,74 @@ def start(settings: Settings) -> None:
     sys.exit(start_command(settings))
 
 
+@main.command("status")
+@click.option("--json", "as_json", is_flag=True, help="Print the raw status as JSON.")
+@with_settings("status")
+def status(as_json: bool, settings: Settings) -> None:
+    """Show the running pool: executors (pid, state, run, runs done, RSS, age), claims, runs."""
+    from pool.supervisor.control import control_command
+
+    sys.exit(control_command(settings, "status", as_json=as_json))
+
+
+@main.command("scale")
+@click.argument("size", type=int)
+@with_settings("scale")
+def scale(size: int, settings: Settings) -> None:
+    """Resize the running pool to SIZE executors (kept across SIGHUP)."""
+    from pool.supervisor.control import control_command
+
+    sys.exit(control_command(settings, "scale", size=size))
+
+
+@main.command("drain")
+@with_settings("drain")
+def drain(settings: Settings) -> None:
+    """Stop claiming runs; running ones finish; the pool stays up and /readyz turns 503."""
+    from pool.supervisor.control import control_command
+
+    sys.exit(control_command(settings, "drain"))
+
+
+@main.command("stop")
+@click.option("--now", is_flag=True, help="Fast stop: kill running runs (reported as kill).")
+@with_settings("stop")
+def stop(now: bool, settings: Settings) -> None:
+    """Stop the running pool: drain then exit (as SIGTERM), or at once with --now (SIGQUIT)."""
+    from pool.supervisor.control import control_command
+
+    sys.exit(control_command(settings, "stop", graceful=not now))
+
+
+@main.command("tune")
+@click.option("--workflow", "workflows", multiple=True, type=click.Path(dir_okay=False),
+              help="A run file (as examples/: plan, credentials, dataclips) to measure instead "
+                   "of the built-in mix; repeatable.")
+@click.option("--run-memory-mb", "plan_memory_mb", type=click.IntRange(min=1), default=None,
+              help="Per-run memory limit to plan for [default: --run-memory / "
+                   "WORKER_MAX_RUN_MEMORY_MB].")
+@click.option("--memory-budget", type=click.FloatRange(min=1), default=None, metavar="MB",
+              help="Memory the pool may use, in MB [default: 80 % of RAM].")
+@click.option("--max-size", type=click.IntRange(min=1), default=None,
+              help="Largest size to measure [default: 4 x cores].")
+@click.option("--budget-seconds", type=click.FloatRange(min=1), default=20.0, show_default=True,
+              help="Seconds of runs per measured size.")
+@click.option("--quick", is_flag=True, help="Sizes 1 and 2, 4 s each: a smoke test.")
+@click.option("--write", type=click.Path(dir_okay=False), default=None,
+              help="Write the recommendation as a config file for poolctl start --config.")
+@click.option("--plot", type=click.Path(dir_okay=False), default=None,
+              help="Draw throughput and p95 against size into this PNG (needs matplotlib).")
+@with_settings("tune")
+def tune(workflows: tuple[str, ...], plan_memory_mb: int | None, memory_budget: float | None,
+         max_size: int | None, budget_seconds: float, quick: bool, write: str | None,
+         plot: str | None, settings: Settings) -> None:
+    """Measure this machine and recommend --size and --isolation (a real pool, a dev server)."""
+    from pool.bench.tune import TuneOptions, tune_command
+
+    sys.exit(tune_command(settings, TuneOptions(
+        workflows=workflows, run_memory_mb=plan_memory_mb, memory_budget_mb=memory_budget,
+        max_size=max_size, budget_s=budget_seconds, quick=quick, write=write, plot=plot)))
+
+
 if __name__ == "__main__":
     main()

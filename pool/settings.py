@@ -124,7 +124,8 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("collections_version", "--collections-version", ("WORKER_COLLECTIONS_VERSION",),
             parse_str, "latest", "Version of @openfn/language-collections given to jobs.", START),
     Setting("port", "--port", ("WORKER_PORT",), parse_int, 2222,
-            "HTTP port for /livez, /readyz and /metrics.", START),
+            "HTTP port for /livez, /readyz and /metrics (also keys the control socket).",
+            ("start", "status", "scale", "drain", "stop")),
     Setting("log_level", "--log", ("WORKER_LOG_LEVEL",), parse_str, "info",
             "Log level: debug, info, warn, error.", ("start", "execute", "dev-server", "install")),
     Setting("sentry_dsn", "--sentry-dsn", ("WORKER_SENTRY_DSN",), parse_str, None,
@@ -172,6 +173,10 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("graceful_timeout", "--graceful-timeout", ("WORKER_GRACEFUL_TIMEOUT_SECONDS",),
             parse_float, None, "Seconds runs may take to finish on SIGTERM (default: max run "
             "duration).", START),
+    Setting("outbox_cap_mb", "--outbox-cap-mb", ("WORKER_OUTBOX_CAP_MB",), parse_float, 64.0,
+            "MB of one run's events kept while Lightning is slow or unreachable; above it, log "
+            "lines are dropped (oldest first, counted and logged), never lifecycle events.",
+            START),
     Setting("control_socket", "--control-socket", ("WORKER_CONTROL_SOCKET",), parse_str, None,
             "Unix socket for status/scale/drain (default keyed by --port).",
             ("start", "status", "scale", "drain", "stop")),
@@ -205,6 +210,7 @@ class Settings:
     values: dict[str, Any]
     sources: dict[str, str]
     warnings: list[str] = field(default_factory=list)
+    config_path: str | None = None  # the --config file, read again on SIGHUP
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -222,7 +228,7 @@ class Settings:
         """A copy with some values replaced (marked as ``flag``): used by bench and tune."""
         values = dict(self.values) | overrides
         sources = dict(self.sources) | {k: "flag" for k in overrides}
-        return Settings(values, sources, list(self.warnings))
+        return Settings(values, sources, list(self.warnings), self.config_path)
 
     def describe(self) -> list[str]:
         """One line per setting with its source; secrets are masked."""
@@ -303,7 +309,8 @@ def load_settings(
         for name, why in UNSUPPORTED_ENV.items()
         if env.get(name)
     ]
-    return Settings(values, sources, warnings)
+    return Settings(values, sources, warnings,
+                    os.fspath(config_path) if config_path is not None else None)
 
 
 def rows_for(command: str) -> Iterable[Setting]:

@@ -14,6 +14,7 @@ import asyncio
 import contextlib
 import json
 import logging
+import time
 from http import HTTPStatus
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
@@ -52,6 +53,8 @@ def upgrade_checker(core: Core) -> Any:
         refusal: tuple[HTTPStatus, str] | None = None
         if url.path != SOCKET_PATH:
             refusal = HTTPStatus.NOT_FOUND, f"no socket at {url.path}; the worker socket is {SOCKET_PATH}"
+        elif time.monotonic() < core.refuse_until:
+            refusal = HTTPStatus.SERVICE_UNAVAILABLE, "injected fault: Lightning is unreachable"
         elif params.get("vsn") != "2.0.0":
             # Phoenix answers 403 when no serializer matches the requested version
             refusal = HTTPStatus.FORBIDDEN, (
@@ -154,6 +157,8 @@ class WorkerConnection:
             self.core.reject(self.id, msg.topic, msg.event, msg.payload,
                              "injected fault: socket dropped before the reply")
             self._record_run_event(msg, received, {"status": "dropped", "response": None})
+            if fault.seconds:
+                self.core.refuse_until = time.monotonic() + fault.seconds
             self.abort()
             return
         if fault is not None and fault.kind == "error":

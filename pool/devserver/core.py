@@ -53,14 +53,18 @@ class Core:
         self.join_timeout_s = join_timeout_s
         self.idle_timeout_s = idle_timeout_s
         self.frames: list[dict] = []
+        self.record_frames = True  # off for long benchmarks: the list would grow without limit
         self.rejections: list[dict] = []
         self.connections: list[dict] = []
         self.live: set[Any] = set()          # open WorkerConnection objects (loop thread only)
+        self.refuse_until = 0.0  # fault: new worker sockets refused (HTTP 503) until then
         self.loop: asyncio.AbstractEventLoop | None = None
         self._t0 = time.monotonic()
         self._records = threading.Lock()
 
     def record_frame(self, direction: str, conn_id: int, frame: Any) -> None:
+        if not self.record_frames:
+            return
         entry = {"dir": direction, "t_ms": round((time.monotonic() - self._t0) * 1000),
                  "conn": conn_id, "frame": frame}
         with self._records:

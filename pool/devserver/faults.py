@@ -1,8 +1,9 @@
 """Injected faults: what later issues' tests use to make Lightning misbehave on cue.
 
 A fault matches an incoming event by name (and, optionally, the run whose channel it arrives
-on) and fires ``times`` times: drop the socket before replying, answer with an error instead
-of handling the event, or handle it but hold the reply back.
+on) and fires ``times`` times: drop the socket before replying (and, with ``seconds``, refuse
+new sockets that long), answer with an error instead of handling the event, or handle it but
+hold the reply back.
 """
 
 from __future__ import annotations
@@ -42,7 +43,7 @@ class Faults:
             raise ValueError("a fault needs the event name it fires on")
         if not isinstance(times, int) or isinstance(times, bool) or times < 1:
             raise ValueError(f"times must be a positive integer, got {times!r}")
-        if kind == "hold" and (not isinstance(seconds, int | float) or seconds < 0):
+        if not isinstance(seconds, int | float) or seconds < 0:
             raise ValueError(f"seconds must be a non-negative number, got {seconds!r}")
         with self._lock:
             self._armed.append(Fault(kind, event, run_id, times, response, float(seconds)))

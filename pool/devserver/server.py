@@ -53,7 +53,8 @@ What it records
     benchmarks (enqueue→claim wait, claim→complete).
 
 Faults, for the tests of later issues
-    ``drop_sockets()``; ``drop_socket_on(event)``; ``reply_error_on(event, response)``;
+    ``drop_sockets()``; ``drop_socket_on(event, refuse_for=0)``; ``refuse_connections_for(s)``;
+    ``reply_error_on(event, response)``;
     ``hold_reply_on(event, seconds)`` (the event is handled, its reply waits); each optionally
     limited to one run and fired ``times`` times; ``set_run_token_lifetime(seconds)`` for
     short-lived run tokens.
@@ -67,6 +68,7 @@ from __future__ import annotations
 import asyncio
 import logging
 import threading
+import time
 from typing import Any
 
 from websockets.asyncio.server import ServerConnection, serve
@@ -91,7 +93,8 @@ class DevServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, api_port: int | None = 0,
                  secret: str | None = None, private_key_b64: str | None = None,
                  run_token_lifetime_s: float | None = None, join_timeout_s: float = 30.0,
-                 idle_timeout_s: float = 60.0) -> None:
+                 idle_timeout_s: float = 60.0, record_frames: bool = True) -> None:
+        """``record_frames=False`` keeps ``frames`` empty: soak runs send millions of frames."""
         self.host = host
         self.port = port
         self.api_port = api_port
@@ -100,6 +103,7 @@ class DevServer:
         self.private_key_b64 = tokens.private_key_b64
         self.public_key_b64 = tokens.public_key_b64
         self.core = Core(self.secret, tokens, run_token_lifetime_s, join_timeout_s, idle_timeout_s)
+        self.core.record_frames = record_frames
         self.frames = self.core.frames
         self.rejections = self.core.rejections
         self.connections = self.core.connections
@@ -232,8 +236,17 @@ class DevServer:
 
         loop.call_soon_threadsafe(cut)
 
-    def drop_socket_on(self, event: str, run_id: str | None = None, times: int = 1) -> None:
-        self.core.faults.arm("drop", event, run_id, times)
+    def drop_socket_on(self, event: str, run_id: str | None = None, times: int = 1,
+                       refuse_for: float = 0.0) -> None:
+        """Cut the socket when ``event`` arrives; with ``refuse_for``, Lightning then stays
+        unreachable (new sockets refused) that many seconds."""
+        self.core.faults.arm("drop", event, run_id, times, seconds=refuse_for)
+
+    def refuse_connections_for(self, seconds: float) -> None:
+        """Lightning unreachable for ``seconds``: every socket is cut now and new ones are
+        refused (HTTP 503) until then."""
+        self.core.refuse_until = time.monotonic() + seconds
+        self.drop_sockets()
 
     def reply_error_on(self, event: str, response: Any = "injected", run_id: str | None = None,
                        times: int = 1) -> None:

@@ -29,6 +29,7 @@ import time
 from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import Future
+from dataclasses import replace
 from types import FrameType
 from typing import Any
 
@@ -37,8 +38,10 @@ from pool.executor.protocol import EXIT_BOOT_FAILURE, READY, RECYCLED
 from pool.lightning.phoenix import PhoenixSocket, Push, Reply
 from pool.lightning.queue_channel import QueueChannel
 from pool.lightning.tokens import RunTokenError
+from pool.lightning.workloops import Workloop
+from pool.logs import LogSetupError, setup_logging
 from pool.supervisor.admission import Admission
-from pool.supervisor.config import StartupError, SupervisorConfig, load_config
+from pool.supervisor.config import EXIT_SETTINGS, StartupError, SupervisorConfig, load_config
 from pool.supervisor.executors import (
     BOOTING,
     BUSY,
@@ -49,6 +52,9 @@ from pool.supervisor.executors import (
     ExecutorSlot,
     spawn_slot,
 )
+from pool.supervisor.observe import serve_observers, settings_reloader
+from pool.supervisor.respawn import RespawnGuard
+from pool.supervisor.scaling import resize
 from pool.supervisor.session import DONE, REFUSED, RunSession
 from pool.supervisor.session import READY as SESSION_READY
 from pool.supervisor.snapshot import ExecutorView, PoolSnapshot
@@ -74,8 +80,10 @@ class Arbiter:
     """The supervisor's loop and everything it owns. Construct, then ``run()`` on the main
     thread (executors are spawned from it, so their ``PR_SET_PDEATHSIG`` stays armed)."""
 
-    def __init__(self, config: SupervisorConfig) -> None:
+    def __init__(self, config: SupervisorConfig,
+                 reload: Callable[[], SupervisorConfig] | None = None) -> None:
         self.config = config
+        self.reload = reload  # SIGHUP: settings read again (flags, env, config file)
         self.inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self.timers = Timers()
         self.admission = Admission(config.workloops, config.backoff)
@@ -86,10 +94,17 @@ class Arbiter:
         self.counters: Counter[str] = Counter()
         self.runs_by_reason: Counter[str] = Counter()
         self.count_hooks: list[Callable[[str, dict[str, str]], None]] = []
+        self.observe_hooks: list[Callable[[str, float], None]] = []
+        self.paused = False  # `poolctl drain`: no more claims, but the pool stays up
+        self.live_size: int | None = None  # set by scale/TTIN/TTOU; survives SIGHUP
+        self.old_generation: set[int] = set()  # slots to retire once idle (after SIGHUP)
+        self.unreplaced_deaths = 0  # executors that died unasked and are not yet respawned
+        self.respawn_guard = RespawnGuard()
         self.connected = False
         self.queue_joined = False
         self.draining = False
         self.exit_code: int | None = None
+        self._halt: HaltServer | None = None  # raised once the runs in progress are reported
         self._stop_deadline: float | None = None
         self._cancelled_at_deadline = False
         self._next_slot_id = 1
@@ -126,6 +141,14 @@ class Arbiter:
                 hook(name, labels)
             except Exception:
                 log.exception("count hook %r failed", hook)
+
+    def observe(self, name: str, seconds: float) -> None:
+        """A duration was measured (claim→dispatch, claim→complete): for the histograms."""
+        for hook in self.observe_hooks:
+            try:
+                hook(name, seconds)
+            except Exception:
+                log.exception("observe hook %r failed", hook)
 
     # -- the loop -----------------------------------------------------------------------------------
     def run(self) -> int:
@@ -180,7 +203,7 @@ class Arbiter:
         self._snapshot = PoolSnapshot(
             executors=views, claims_in_flight=self.admission.claims_in_flight,
             runs_by_reason=dict(self.runs_by_reason), queue_joined=self.queue_joined,
-            draining=self.draining, size=self.size, pid=os.getpid(), connected=self.connected,
+            draining=self.draining or self.paused, size=self.size, pid=os.getpid(), connected=self.connected,
             active_runs=tuple(self.sessions), counters=dict(self.counters))
 
     # -- signals and commands -------------------------------------------------------------------
@@ -188,14 +211,26 @@ class Arbiter:
         def enqueue(signum: int, _frame: FrameType | None) -> None:
             self.inbox.put(("signal", signum))  # NO LOGGING here: the loop logs
 
-        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD):
+        for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGQUIT,
+                       signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
             signal.signal(signum, enqueue)
 
     def on_signal(self, signum: int) -> None:
         if signum == signal.SIGCHLD:
             return  # it only woke the loop: reap_executors runs every turn
         name = signal.Signals(signum).name
-        if self.draining:
+        if signum == signal.SIGQUIT:
+            log.warning("SIGQUIT: stopping now, runs in progress are killed")
+            self.stop_now()
+        elif signum == signal.SIGHUP:
+            self.reload_pool()
+        elif signum in (signal.SIGTTIN, signal.SIGTTOU):
+            step = 1 if signum == signal.SIGTTIN else -1
+            try:
+                log.info("%s: %s", name, self.command_scale(self.size + step))
+            except ValueError as exc:
+                log.warning("%s ignored: %s", name, exc)
+        elif self.draining:
             log.warning("%s again: stopping now, runs in progress are killed", name)
             self.stop_now()
         else:
@@ -216,6 +251,58 @@ class Arbiter:
     def command_status(self) -> PoolSnapshot:
         self.publish_snapshot()
         return self._snapshot
+
+    def command_drain(self) -> str:
+        """Stop claiming for good, keep the pool up (a pre-stop hook, then SIGTERM)."""
+        self.paused = True
+        return f"draining: no more claims; {len(self.sessions)} run(s) in progress finish"
+
+    def command_scale(self, size: int) -> str:
+        """Resize live (the last workloop takes the change); kept across SIGHUP."""
+        if self.draining:
+            raise ValueError("the pool is stopping; it cannot be resized")
+        old = self.size
+        self.apply_workloops(resize(self.config.workloops, size))
+        self.live_size = size
+        return f"size {size} (was {old})"
+
+    def apply_workloops(self, workloops: tuple[Workloop, ...]) -> None:
+        """New slot counts for the same workloops; manage_executors adds or retires executors."""
+        self.config = replace(self.config, workloops=workloops)
+        for state, loop in zip(self.admission.loops, workloops, strict=True):
+            state.loop = loop
+        self.size = self.config.size
+
+    def reload_pool(self) -> None:
+        """SIGHUP: read the settings again, start a new generation of executors, retire the old
+        ones as they become idle (new ones first, so the pool never runs short)."""
+        if self.reload is None or self.draining:
+            log.warning("SIGHUP ignored: %s", "stopping" if self.draining else "no settings "
+                        "to reload")
+            return
+        try:
+            config = self.reload()
+        except StartupError as exc:
+            log.error("SIGHUP: settings not reloaded, keeping the running ones: %s", exc)
+            return
+        if [w.queues for w in config.workloops] != [w.queues for w in self.config.workloops]:
+            log.warning("SIGHUP: the workloops' queues changed; that needs a restart, so they "
+                        "keep their running shape")
+            config = replace(config, workloops=self.config.workloops)
+        workloops = config.workloops
+        if self.live_size is not None:
+            try:
+                workloops = resize(workloops, self.live_size)
+            except ValueError as exc:
+                log.warning("SIGHUP: the size set live no longer fits (%s); using %d", exc,
+                            sum(w.capacity for w in workloops))
+                self.live_size = None
+        self.config = replace(config, worker_id=self.config.worker_id,
+                              socket_url=self.config.socket_url)
+        self.apply_workloops(workloops)
+        self.old_generation |= {s.id for s in self.slots.values() if s.state != DEAD}
+        log.info("SIGHUP: settings reloaded; replacing %d executors (size %d)",
+                 len(self.old_generation), self.size)
 
     def command_stop(self, graceful: bool = True) -> str:
         if graceful:
@@ -242,7 +329,7 @@ class Arbiter:
             return
         if not self.sessions and not self.admission.claims_in_flight:
             log.info("every run is reported; stopping")
-            self.exit_code = 0
+            self.stopped()
             return
         if self._stop_deadline is not None and now >= self._stop_deadline:
             if not self._cancelled_at_deadline:
@@ -252,7 +339,13 @@ class Arbiter:
                 self._stop_deadline = now + STOP_FLUSH_S
             else:
                 log.error("stopping with %d runs not fully reported", len(self.sessions))
-                self.exit_code = 0
+                self.stopped()
+
+    def stopped(self) -> None:
+        """The drain is over: exit 0, or with the halt that started it (a boot failure)."""
+        if self._halt is not None:
+            raise self._halt
+        self.exit_code = 0
 
     def cancel_runs(self) -> None:
         for slot in self.slots.values():
@@ -267,16 +360,61 @@ class Arbiter:
         slot = spawn_slot(slot_id, self.config.executor_init, self.config.boot_timeout,
                           self.post)
         self.slots[slot_id] = slot
-        log.info("executor %s spawned (pid %s)", slot_id, slot.pid)
+        log.info("executor %s spawned (pid %s)", slot_id, slot.pid,
+                 extra={"executor_pid": slot.pid})
         return slot
 
     def manage_executors(self) -> None:
-        """Keep ``size`` executors alive (replacing the dead), unless stopping."""
+        """Keep ``size`` executors of the current generation alive, unless stopping: respawn
+        the dead (within the restart-storm guard), retire the surplus and, once the new
+        generation has booted, the old one, each as soon as it is idle."""
         if self.draining:
             return
-        alive = sum(1 for s in self.slots.values() if s.state not in (DEAD, STOPPING))
-        for _ in range(self.size - alive):
+        current = [s for s in self.slots.values()
+                   if s.state not in (DEAD, STOPPING) and s.id not in self.old_generation]
+        # a death the pool no longer needs to replace (it shrank since) is not a respawn
+        self.unreplaced_deaths = min(self.unreplaced_deaths, max(0, self.size - len(current)))
+        for _ in range(self.size - len(current)):
+            if self.unreplaced_deaths and not self.may_respawn():
+                break
             self.spawn_executor()
+        surplus = len(current) - self.size
+        for slot in sorted(current, key=lambda s: s.state != BOOTING):  # booting ones first
+            if surplus <= 0:
+                break
+            if slot.state in (BOOTING, IDLE):
+                self.retire_executor(slot, "the pool is smaller now")
+                surplus -= 1
+        if self.old_generation and all(s.state != BOOTING for s in current):
+            for slot_id in list(self.old_generation):
+                slot = self.slots.get(slot_id)
+                if slot is None or slot.state == STOPPING:
+                    self.old_generation.discard(slot_id)
+                elif slot.state in (BOOTING, IDLE):
+                    self.retire_executor(slot, "replaced after SIGHUP")
+                    self.old_generation.discard(slot_id)
+
+    def may_respawn(self) -> bool:
+        """Take one respawn from the restart-storm guard (respawn.py), if it allows one now."""
+        now = time.monotonic()
+        if self.respawn_guard.wait_s(now) > 0:
+            return False
+        self.unreplaced_deaths -= 1
+        if self.respawn_guard.record(now):
+            log.warning("executors keep dying (%d respawns within %gs): next respawn in %gs",
+                        self.respawn_guard.limit, self.respawn_guard.window_s,
+                        self.respawn_guard.wait_s(now))
+            self.count("respawn_backoff")
+        self.count("executor_respawned")
+        return True
+
+    def retire_executor(self, slot: ExecutorSlot, why: str) -> None:
+        """Ask an executor with no run to exit; its exit is then expected, not respawned."""
+        log.info("executor %s (pid %s) retired: %s", slot.id, slot.pid, why,
+                 extra={"executor_pid": slot.pid})
+        slot.state = STOPPING
+        with contextlib.suppress(ExecutorGone):  # already exiting: reported as STOPPING
+            slot.handle.stop(graceful=True)
 
     def reap_executors(self) -> None:
         """Notice executors that exited even when their socket has not closed (a shim that
@@ -290,10 +428,23 @@ class Arbiter:
 
     def check_boot_deadlines(self, now: float) -> None:
         for slot in list(self.slots.values()):
-            if slot.state == BOOTING and now >= slot.boot_deadline:
+            if slot.state == BOOTING and now >= slot.boot_deadline and not slot.boot_failure:
+                slot.boot_failure = f"no ready within {self.config.boot_timeout:g}s"
                 slot.handle.kill()
-                raise HaltServer(f"executor boot failed: no ready within "
-                                 f"{self.config.boot_timeout:g}s", EXIT_BOOT_FAILURE)
+                self.boot_failed(f"executor boot failed: {slot.boot_failure}")
+
+    def boot_failed(self, reason: str) -> None:
+        """An executor cannot boot: no respawn loop, the supervisor exits 3 with ``reason``.
+        Runs other executors are running must not be lost to it: claiming stops, they finish
+        and are reported (within the graceful timeout, as on SIGTERM), then the exit."""
+        if not self.sessions and not self.admission.claims_in_flight:
+            raise HaltServer(reason, EXIT_BOOT_FAILURE)
+        if self._halt is None:
+            log.error("%s; no more claims: %d runs in progress finish (up to %gs), then exit "
+                      "%d", reason, len(self.sessions), self.config.graceful_timeout,
+                      EXIT_BOOT_FAILURE)
+            self._halt = HaltServer(reason, EXIT_BOOT_FAILURE)
+        self.begin_drain()
 
     def on_executor_message(self, slot_id: int, message: dict[str, Any]) -> None:
         slot = self.slots.get(slot_id)
@@ -332,7 +483,8 @@ class Arbiter:
         if first:
             log.info("executor %s ready (pid %s, shim %s, node %s, runtime %s, %s)", slot.id,
                      slot.pid, message.get("shim_pid"), message.get("node"),
-                     message.get("runtime"), message.get("isolation"))
+                     message.get("runtime"), message.get("isolation"),
+                     extra={"executor_pid": slot.pid})
         self.give_to_waiting(slot)
         if not self._booted and all(s.state != BOOTING for s in self.slots.values()):
             self._booted = True
@@ -357,13 +509,18 @@ class Arbiter:
         slot.handle.close(timeout=1)  # also kills what is left of its process group
         del self.slots[slot_id]
         if returncode == EXIT_BOOT_FAILURE or slot.boot_failure:
-            raise HaltServer(f"executor boot failed: {slot.boot_failure or reason}",
-                             EXIT_BOOT_FAILURE)
+            self.boot_failed(f"executor boot failed: {slot.boot_failure or reason}")
+            return
         if was == STOPPING:
             return
         log.error("executor %s (pid %s) died: %s%s", slot.id, slot.pid, reason,
-                  " (perhaps out of memory?)" if returncode == -signal.SIGKILL else "")
+                  " (perhaps out of memory?)" if returncode == -signal.SIGKILL else "",
+                  extra={"executor_pid": slot.pid, "run_id": slot.run_id})
         self.count("executor_died", state=was)
+        if slot_id in self.old_generation:
+            self.old_generation.discard(slot_id)
+        else:
+            self.unreplaced_deaths += 1
         session = self.sessions.get(slot.run_id or "")
         if session is None:
             return
@@ -423,7 +580,7 @@ class Arbiter:
     # -- admission ----------------------------------------------------------------------------------
     def claim_runs(self, now: float) -> None:
         """Claim what the pool can start right now (admission.py has the rules)."""
-        if self.draining or not self.queue_joined:
+        if self.draining or self.paused or not self.queue_joined:
             return
         idle = sum(1 for s in self.slots.values() if s.state == IDLE)
         free = idle - len(self.waiting_for_executor)
@@ -448,6 +605,8 @@ class Arbiter:
                       "and will be re-queued", len(runs), demand)
             runs = runs[:demand]
         self.admission.claim_answered(index, len(runs), now)
+        if runs:
+            self.count("claim_returned_runs")
         for claimed in runs:
             self.count("run_claimed")
             self.join_run(index, claimed.id, claimed.token)
@@ -521,14 +680,18 @@ class Arbiter:
             session.executor_died(gone.reason)  # its reader thread reports the death too
         session.input = None
         self.count("run_dispatched")
+        self.observe("claim_to_dispatch", time.monotonic() - session.claimed_at)
         self.advance(session)
 
     def complete_run(self, session: RunSession) -> None:
         """``run:complete`` is answered (or given up): leave, free the workloop's slot."""
         reason = session.reason or "lost"
-        log.info("run %s complete: %s", session.run_id, reason)
+        slot = self.slots.get(session.slot_id) if session.slot_id is not None else None
+        log.info("run %s complete: %s", session.run_id, reason,
+                 extra={"run_id": session.run_id, "executor_pid": slot.pid if slot else None})
         self.runs_by_reason[reason] += 1
         self.count("run_completed", reason=reason)
+        self.observe("claim_to_complete", time.monotonic() - session.claimed_at)
         self.release(session)
         session.leave()
         self.forget_run(session)
@@ -542,11 +705,13 @@ class Arbiter:
         if session is None:
             return
         if not session.stuck:  # still moving: the run timeout bounds it, check again later
-            self.timers.call_later(5.0, self.check_run_deadline, run_id)
+            self.timers.call_later(min(5.0, self.config.message_timeout), self.check_run_deadline,
+                                  run_id)
             return
         lost = session.give_up()
         log.error("run %s: gave up reporting it (%d events undelivered): its token expired "
-                  "while Lightning was unreachable", run_id, lost)
+                  "while Lightning was unreachable or not answering; it cannot be reported any more",
+                  run_id, lost)
         self.count("run_lost")
         slot = self.slots.get(session.slot_id) if session.slot_id is not None else None
         if slot is not None and slot.state == BUSY:
@@ -570,23 +735,23 @@ class Arbiter:
         self.publish_snapshot()
 
 
-def configure_logging(level: str) -> None:
-    names = {"warn": "WARNING", "warning": "WARNING", "debug": "DEBUG", "info": "INFO",
-             "error": "ERROR"}
-    logging.basicConfig(level=names.get(str(level).lower(), "INFO"), stream=sys.stderr,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s")
-
-
 def start_command(settings: Any) -> int:
     """``poolctl start``: check the settings, log where each came from, run the arbiter."""
     try:
         config = load_config(settings)
-    except StartupError as exc:
+        setup_logging(settings.log_level, settings.log_format, settings.sentry_dsn,
+                      settings.sentry_env)
+    except (StartupError, LogSetupError) as exc:
         print(f"poolctl start: {exc}", file=sys.stderr, flush=True)
-        return exc.exit_code
-    configure_logging(settings.log_level)
+        return getattr(exc, "exit_code", EXIT_SETTINGS)
     for warning in settings.warnings:
         log.warning("%s", warning)
     for line in settings.describe():
         log.info("setting %s", line)
-    return Arbiter(config).run()
+    arbiter = Arbiter(config, reload=settings_reloader(settings))
+    try:
+        with serve_observers(arbiter, settings):
+            return arbiter.run()
+    except StartupError as exc:
+        print(f"poolctl start: {exc}", file=sys.stderr, flush=True)
+        return exc.exit_code

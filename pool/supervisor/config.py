@@ -12,9 +12,10 @@ from dataclasses import dataclass
 from typing import Any
 
 from pool import __version__
+from pool.adaptors import TAGS, AdaptorError, AdaptorRepo
 from pool.executor.config import ISOLATION_MODES, init_message
 from pool.lightning.phoenix import build_socket_url
-from pool.lightning.plan import Collections, RunDefaults
+from pool.lightning.plan import COLLECTIONS_ADAPTOR, Collections, RunDefaults
 from pool.lightning.tokens import (
     PublicKeyError,
     RunTokenVerifier,
@@ -34,8 +35,6 @@ EXIT_SETTINGS = 2
 EXIT_BOOT_FAILURE = 3
 # How long after its deadline (token expiry or run timeout) a run's kept events are given up.
 RUN_GRACE_S = 60.0
-# Events kept for one run while Lightning is unreachable, at most (log lines go first).
-OUTBOX_CAP_BYTES = 64 * 1024 * 1024
 
 
 class StartupError(Exception):
@@ -67,6 +66,8 @@ class SupervisorConfig:
     batch_logs: bool
     batch_interval_s: float
     batch_limit: int
+    # bytes of one run's events kept while Lightning is slow or unreachable (logs dropped above)
+    outbox_cap_bytes: int
 
     @property
     def size(self) -> int:
@@ -110,11 +111,11 @@ def load_config(settings: Any) -> SupervisorConfig:
     _check_positive("WORKER_MAX_RUN_DURATION_SECONDS", settings.max_run_duration)
     _check_positive("WORKER_BOOT_TIMEOUT_SECONDS", settings.boot_timeout)
     _check_positive("WORKER_BATCH_LIMIT", settings.batch_limit)
+    _check_positive("WORKER_OUTBOX_CAP_MB", settings.outbox_cap_mb)
     if settings.batch_interval < 0:
         raise StartupError(f"WORKER_BATCH_INTERVAL must not be negative, got "
                            f"{settings.batch_interval}")
-    collections = (Collections(settings.collections_url, settings.collections_version)
-                   if settings.collections_url else None)
+    collections = resolve_collections(settings)
     graceful = settings.graceful_timeout
     return SupervisorConfig(
         socket_url=url,
@@ -134,7 +135,34 @@ def load_config(settings: Any) -> SupervisorConfig:
         batch_logs=bool(settings.batch_logs),
         batch_interval_s=settings.batch_interval / 1000.0,
         batch_limit=int(settings.batch_limit),
+        outbox_cap_bytes=int(settings.outbox_cap_mb * 1024 * 1024),
     )
+
+
+def resolve_collections(settings: Any) -> Collections | None:
+    """Collections for jobs that use ``collections.``; None when ``WORKER_COLLECTIONS_URL`` is unset.
+
+    A dist-tag (``latest``) is resolved once, here, through the adaptor repo (its @latest cache
+    or npm; offline, the highest version installed), which also installs that version if it is
+    missing, as ws-worker resolves it at startup: every run of this worker then gets the same
+    version instead of a lookup per run. If it cannot be resolved, the tag is kept (each run
+    resolves it, and a run that cannot gets a clear adaptor error) and a warning says why:
+    collections must not keep the runs that do not use them from being served.
+    """
+    if not settings.collections_url:
+        return None
+    version = settings.collections_version or "latest"
+    if version in TAGS:
+        repo = AdaptorRepo(settings.repo_dir, offline=settings.adaptors_offline,
+                           install_timeout=settings.install_timeout,
+                           latest_ttl=settings.latest_ttl)
+        try:
+            version = repo.resolve(f"{COLLECTIONS_ADAPTOR}@{version}").version
+        except AdaptorError as exc:
+            settings.warnings.append(
+                f"WORKER_COLLECTIONS_VERSION={version}: not resolved at startup ({exc}); each "
+                "run that uses collections resolves it itself")
+    return Collections(settings.collections_url, version)
 
 
 def _check_positive(name: str, value: float) -> None:

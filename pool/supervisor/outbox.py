@@ -14,7 +14,10 @@ Rules (lightning-protocol.md §6.3, DESIGN "A joined run always ends with run:co
   duplicate it), a lifecycle event is sent again, same ids, until any reply comes — an error
   reply to a resend means the first copy landed.
 * The socket is down: nothing new is sent; what was in flight is sent again after the rejoin.
-  Kept events are bounded in bytes; above the cap, log lines are dropped first (counted).
+  Kept events are bounded in bytes (``WORKER_OUTBOX_CAP_MB``): above the cap, log lines are
+  dropped, oldest first (the last lines usually say how the run ended); lifecycle events never
+  are, so the run is still reported whole. Each drop is counted; the first and the total are
+  logged.
 """
 
 from __future__ import annotations
@@ -37,6 +40,7 @@ LOG = "log"  # an engine log line: may share a batch
 LINE = "line"  # a line the worker writes itself: a batch of its own
 LIFECYCLE = "lifecycle"
 LOG_EVENTS = (RUN_LOG, BATCH_LOGS)
+MB = 1024 * 1024
 
 Send = Callable[[str, dict[str, Any], int], None]
 Count = Callable[..., None]
@@ -84,6 +88,7 @@ class Outbox:
         self.channel_up = False
         self.batch_due: float | None = None
         self.finished = False
+        self.dropped = 0  # log lines dropped over the cap
 
     # -- input ------------------------------------------------------------------------------
     def add(self, events: list[tuple[str, dict[str, Any]]], log_kind: str = LOG) -> None:
@@ -125,6 +130,7 @@ class Outbox:
         self.bytes = 0
         self.inflight = None
         self.finished = True
+        self._report_dropped()
         return lost
 
     # -- sending ------------------------------------------------------------------------------
@@ -230,6 +236,7 @@ class Outbox:
         self.inflight = None
         if flight is not None and flight.event == RUN_COMPLETE:
             self.finished = True
+            self._report_dropped()
             self._on_finished()
             return
         self.pump()
@@ -246,6 +253,14 @@ class Outbox:
                 self.bytes -= item.size
                 dropped += 1
                 self._count("event_dropped", reason="memory", event=item.event)
-        if dropped:
-            log.warning("run %s: %d log lines dropped: more than %d MB of events waiting for "
-                        "Lightning", self.run_id, dropped, self.cap_bytes // (1024 * 1024))
+        if dropped and not self.dropped:
+            log.warning("run %s: more than %g MB of events waiting for Lightning: dropping log "
+                        "lines, oldest first (lifecycle events are kept)", self.run_id,
+                        round(self.cap_bytes / MB, 3))
+        self.dropped += dropped
+
+    def _report_dropped(self) -> None:
+        if self.dropped:
+            log.warning("run %s: %d log lines were dropped in all (over the %g MB cap of "
+                        "events waiting for Lightning)", self.run_id, self.dropped,
+                        round(self.cap_bytes / MB, 3))

@@ -30,7 +30,7 @@ from pool.lightning.payloads import (
 from pool.lightning.phoenix import LightningError, PhoenixSocket, Push, Reply
 from pool.lightning.plan import ConvertedPlan, PlanError, attach_credentials, convert_plan
 from pool.lightning.run_channel import RunChannel
-from pool.supervisor.config import OUTBOX_CAP_BYTES, RUN_GRACE_S, SupervisorConfig
+from pool.supervisor.config import RUN_GRACE_S, SupervisorConfig
 from pool.supervisor.outbox import LINE, LOG, Outbox
 from pool.supervisor.timers import Timers
 
@@ -73,7 +73,7 @@ class RunSession:
         self.outbox = Outbox(run_id, self._send_event, timers, count,
                              batch_logs=config.batch_logs,
                              batch_interval_s=config.batch_interval_s,
-                             batch_limit=config.batch_limit, cap_bytes=OUTBOX_CAP_BYTES,
+                             batch_limit=config.batch_limit, cap_bytes=config.outbox_cap_bytes,
                              on_withhold=self._withhold, on_finished=self._finished)
 
     # -- channel ------------------------------------------------------------------------------
@@ -159,6 +159,7 @@ class RunSession:
         else:
             attach_credentials(converted.plan, self._credentials)
             self._credentials.clear()  # secrets live no longer than needed
+            scope_collections(converted.plan)
             self.state = READY
 
     def fail_before_start(self, reason: str, error_type: str, message: str) -> None:
@@ -238,6 +239,25 @@ class RunSession:
         """Waiting on Lightning rather than on the run: the channel is down or a resend is out."""
         flight = self.outbox.inflight
         return not self.outbox.channel_up or (flight is not None and flight.resent)
+
+
+def scope_collections(plan: dict[str, Any]) -> None:
+    """Give the collections credentials only to the steps that use ``collections.``.
+
+    The conversion puts them in ``workflow.credentials``, which the runtime merges into every
+    step's configuration (ws-worker's behaviour); but the run token must reach no job that does
+    not use collections (DESIGN, "Secrets stay in the supervisor"), so they are merged into
+    those steps' own configuration instead; a step's own credential keys win, as in the
+    runtime's merge.
+    """
+    workflow = plan["workflow"]
+    shared = workflow.pop("credentials", None)
+    if not isinstance(shared, dict):
+        return
+    for step in workflow["steps"]:
+        if "collections." in step.get("expression", ""):
+            own = step.get("configuration")
+            step["configuration"] = {**shared, **(own if isinstance(own, dict) else {})}
 
 
 def _describe(reply: Reply) -> str:

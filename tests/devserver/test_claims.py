@@ -100,11 +100,14 @@ def test_claimed_run_not_joined_goes_back_to_available(private_key_b64: str) -> 
 
 def test_claim_whose_socket_died_before_the_reply_is_rolled_back(server: DevServer) -> None:
     run_id = enqueue_demo(server)
-    server.hold_reply_on("claim", 0.5)
+    server.hold_reply_on("claim", 2.0)
     doomed = joined(RawPhoenix(server))
     doomed.send("worker:queue", "claim", CLAIM)
-    doomed.close()
     deadline = time.monotonic() + 5
+    while server.run(run_id)["state"] != "claimed":  # claimed, its reply held back...
+        assert time.monotonic() < deadline, server.run(run_id)["state"]
+        time.sleep(0.02)
+    doomed.close()  # ...and the socket dies before the reply goes out
     while server.run(run_id)["state"] != "available" or server.run(run_id)["worker_name"]:
         assert time.monotonic() < deadline, server.run(run_id)["state"]
         time.sleep(0.05)

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import os
 import signal
+import socket
 import subprocess
 import sys
 import tempfile
@@ -39,6 +40,12 @@ def plan(*jobs: dict[str, Any], **extra: Any) -> dict[str, Any]:
     return {"jobs": list(jobs), "edges": edges, "triggers": [], **extra}
 
 
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
 def wait_until(check: Callable[[], Any], what: str, deadline: float = DEADLINE) -> Any:
     end = time.monotonic() + deadline
     while time.monotonic() < end:
@@ -61,9 +68,13 @@ class Pool:
         if with_lightning_env:
             full_env.update(lightning.worker_env())
         full_env.update(env or {})
+        # its own HTTP port (and so its own control socket): pools of concurrent test runs
+        # must not meet on the default 2222
+        self.port = free_port()
         self.proc = subprocess.Popen(
             [sys.executable, str(ROOT / "bin" / "poolctl"), "start", "--isolation", "context",
-             "--backoff", "0.05/0.5", "--offline", *args],
+             "--backoff", "0.05/0.5", "--offline", "--port", str(self.port),
+             "--http-host", "127.0.0.1", *args],
             env=full_env, stdout=fd, stderr=subprocess.STDOUT, cwd=ROOT)
         os.close(fd)
 

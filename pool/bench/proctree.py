@@ -1,0 +1,94 @@
+"""CPU and memory of a pool's process tree (supervisor → executors → shims), with psutil.
+
+CPU is split in two: the supervisor's own, and everything under it. Processes that already
+exited still count: a reaped child's CPU lands in its parent's ``children_*`` times (a cold
+shim in its executor's, a recycled executor in the supervisor's), so the split stays right
+across recycling as long as each parent waits for its children, which the pool does.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass
+
+import psutil
+
+MB = 1024 * 1024
+
+
+@dataclass(frozen=True)
+class CpuSample:
+    supervisor_s: float
+    rest_s: float          # executors + shims, live and reaped
+
+
+@dataclass(frozen=True)
+class MemorySample:
+    supervisor_pss_mb: float
+    rest_pss_mb: float
+    total_rss_mb: float
+    processes: int
+
+
+def cpu(pid: int) -> CpuSample:
+    sup = psutil.Process(pid)
+    own = sup.cpu_times()
+    rest = own.children_user + own.children_system
+    for child in sup.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            times = child.cpu_times()
+            # a live child's reaped children are in its own children_* times
+            rest += times.user + times.system + times.children_user + times.children_system
+    return CpuSample(own.user + own.system, rest)
+
+
+def memory(pid: int) -> MemorySample:
+    """PSS (shared pages split between their users) and RSS, summed over the tree."""
+    sup = psutil.Process(pid)
+    info = sup.memory_full_info()
+    sup_pss, rest_pss, rss, count = info.pss / MB, 0.0, info.rss / MB, 1
+    for child in sup.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            child_info = child.memory_full_info()
+            rest_pss += child_info.pss / MB
+            rss += child_info.rss / MB
+            count += 1
+    return MemorySample(sup_pss, rest_pss, rss, count)
+
+
+class MemorySampler:
+    """Samples the tree's memory every ``interval_s`` on a thread; keeps every sample, with
+    the number of runs completed when it was taken (``progress`` is read, never written)."""
+
+    def __init__(self, pid: int, interval_s: float = 1.0,
+                 progress: Callable[[], int] | None = None) -> None:
+        self.pid = pid
+        self.interval_s = interval_s
+        self.progress = progress
+        self.samples: list[tuple[int, MemorySample]] = []
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="bench-memory")
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            with contextlib.suppress(psutil.Error):
+                done = self.progress() if self.progress else 0
+                self.samples.append((done, memory(self.pid)))
+            self._stop.wait(self.interval_s)
+
+    def __enter__(self) -> MemorySampler:
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+
+    def peak(self) -> MemorySample | None:
+        """The sample with the highest total PSS (the figure a memory budget must hold)."""
+        if not self.samples:
+            return None
+        return max((s for _, s in self.samples),
+                   key=lambda s: s.supervisor_pss_mb + s.rest_pss_mb)

@@ -1,0 +1,57 @@
+"""What ``poolctl start`` runs around the arbiter: the control socket, HTTP, metrics, reload.
+
+Both servers start before any executor is spawned, so a second pool on the same port fails at
+once with one line (the control socket or the HTTP port is taken) instead of booting a pool
+that cannot be reached. They only read the arbiter's snapshot and submit commands to it.
+"""
+
+from __future__ import annotations
+
+import contextlib
+from collections.abc import Callable, Iterator
+from typing import Any
+
+from pool.settings import SettingsError, load_settings
+from pool.supervisor.config import StartupError, SupervisorConfig, load_config
+from pool.supervisor.control import ControlError, ControlServer, control_socket_path
+from pool.supervisor.http import HealthServer, HttpError
+from pool.supervisor.metrics import PoolMetrics
+
+
+@contextlib.contextmanager
+def serve_observers(arbiter: Any, settings: Any) -> Iterator[PoolMetrics]:
+    """Metrics hooked into the arbiter's seams, HTTP and the control socket, while inside.
+
+    Raises StartupError (one line, exit 2) when the socket or the port is taken.
+    """
+    metrics = PoolMetrics(arbiter.snapshot)
+    arbiter.count_hooks.append(metrics.count)
+    arbiter.observe_hooks.append(metrics.observe)
+    control = ControlServer(control_socket_path(settings), arbiter)
+    try:
+        control.start()
+        http = HealthServer(settings.http_host, settings.port, arbiter.snapshot, metrics)
+    except (ControlError, HttpError) as exc:
+        control.close()
+        raise StartupError(str(exc)) from None
+    http.start()
+    try:
+        yield metrics
+    finally:
+        http.close()
+        control.close()
+
+
+def settings_reloader(settings: Any) -> Callable[[], SupervisorConfig]:
+    """SIGHUP's reload: the same flags, the environment and the config file read again."""
+    flags = {name: value for name, value in settings.values.items()
+             if settings.source(name) == "flag"}
+
+    def reload() -> SupervisorConfig:
+        try:
+            fresh = load_settings(flags, config_path=settings.config_path, command="start")
+        except SettingsError as exc:
+            raise StartupError(str(exc)) from None
+        return load_config(fresh)
+
+    return reload
