@@ -269,7 +269,14 @@ def test_metrics_counters_match_the_runs_done(lightning: DevServer, start_pool) 
     by_reason: dict[str, int] = {}
     for run in runs:
         by_reason[run["reason"]] = by_reason.get(run["reason"], 0) + 1
-    got = metrics(pool)
+    # Lightning records a run at its run:complete; the pool counts it once Lightning's reply is in
+    def all_counted() -> dict | None:
+        scraped = metrics(pool)
+        total = sum(v for (name, _), v in scraped.items() if name == "poolctl_runs_total")
+        idle = scraped.get(("poolctl_executors", (("state", "idle"),)))
+        return scraped if total >= 4 and idle == 2 else None
+
+    got = wait_until(all_counted, "the pool to count every run and be idle again")
     for reason, n in by_reason.items():
         assert got[("poolctl_runs_total", (("reason", reason),))] == n
     assert sum(v for (name, _), v in got.items() if name == "poolctl_runs_total") == 4
