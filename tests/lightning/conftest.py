@@ -13,25 +13,8 @@ from pool import __version__
 from pool.devserver.server import DevServer
 from pool.lightning.phoenix import PhoenixSocket, build_socket_url
 from pool.lightning.tokens import make_worker_token, new_worker_id
+from tests.devserver.conftest import PLAN  # noqa: F401 (cases.json's first plan, shared)
 
-# cases.json's first plan: trigger -> extract (credential, input dataclip) -> load
-PLAN = {
-    "triggers": [{"id": "trigger-1"}],
-    "starting_node_id": "trigger-1",
-    "dataclip_id": "clip-demo",
-    "jobs": [
-        {"id": "job-extract", "name": "Extract", "adaptor": "@openfn/language-common@3.3.4",
-         "credential_id": "cred-demo", "body": "fn(s => s)"},
-        {"id": "job-load", "name": "Load", "adaptor": "@openfn/language-common@3.3.4",
-         "body": "fn(s => s)"},
-    ],
-    "edges": [
-        {"id": "edge-1", "source_trigger_id": "trigger-1", "target_job_id": "job-extract",
-         "condition": "always", "enabled": True},
-        {"id": "edge-2", "source_job_id": "job-extract", "target_job_id": "job-load",
-         "condition": "on_job_success", "enabled": True},
-    ],
-}
 CREDENTIALS = {"cred-demo": {"username": "demo", "password": "pw-demo"}}
 DATACLIPS = {"clip-demo": {"data": {"patients": [1, 2, 3]}}}
 DEADLINE = 10.0  # generous: every wait here normally ends in milliseconds

@@ -10,16 +10,15 @@ from __future__ import annotations
 import copy
 import json
 import os
-import threading
 import uuid
 from collections.abc import Iterator
-from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
 import pytest
 
 from pool.adaptors import AdaptorRepo
+from pool.bench.workloads import SlowHttpServer
 from pool.executor.environment import shim_env
 from pool.executor.shim import Shim
 
@@ -127,25 +126,8 @@ def runner(shim: Shim, adaptors: dict[str, dict[str, str]]) -> Runner:
     return Runner(shim, adaptors)
 
 
-class _Handler(BaseHTTPRequestHandler):
-    def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
-        body = json.dumps({"path": self.path, "ok": True}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
-
-    def log_message(self, *args: Any) -> None:
-        pass
-
-
 @pytest.fixture(scope="session")
 def http_server() -> Iterator[str]:
     """A real HTTP server on loopback answering every GET with JSON naming the path."""
-    server = ThreadingHTTPServer(("127.0.0.1", 0), _Handler)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    yield f"http://127.0.0.1:{server.server_address[1]}"
-    server.shutdown()
-    server.server_close()
+    with SlowHttpServer(delay_s=0) as server:
+        yield server.url
