@@ -38,6 +38,8 @@ PHX_ERROR, PHX_CLOSE = "phx_error", "phx_close"
 KIND_PUSH, KIND_REPLY, KIND_BROADCAST = 0, 1, 2
 
 Resolver = Callable[..., Sequence[tuple[Any, ...]]]
+# one encoder for every frame: json.dumps with options builds a new one per call
+_FRAME_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
 
 def build_socket_url(endpoint: str, token: str, worker_version: str) -> str:
@@ -245,7 +247,7 @@ class PhoenixSocket:
         self.on_open = on_open
         self.on_close = on_close
         self.address: Any = None  # the socket address in use, once connected
-        self._inbox: queue.Queue[tuple[Any, ...]] = queue.Queue()
+        self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
         self._opened = threading.Event()
         self._stopped = False
         self._thread: threading.Thread | None = None
@@ -302,15 +304,27 @@ class PhoenixSocket:
 
     # -- the loop -------------------------------------------------------------------------------
     def _loop(self) -> None:
+        # Every command queued is handled before the timers are looked at again: a run's
+        # replies often come in bursts, and each look walks every push and channel.
         while not self._stopped:
             wait = max(0.0, self._next_deadline() - time.monotonic())
             try:
-                command = self._inbox.get(timeout=min(wait, 1.0))
+                commands = [self._inbox.get(timeout=min(wait, 1.0))]
             except queue.Empty:
-                command = None
-            try:
-                if command is not None:
+                commands = []
+            while True:
+                try:
+                    commands.append(self._inbox.get_nowait())
+                except queue.Empty:
+                    break
+            for command in commands:
+                if self._stopped:
+                    return
+                try:
                     self._handle(command)
+                except Exception:
+                    log.exception("Lightning socket loop error (continuing)")
+            try:
                 self._fire_timers(time.monotonic())
             except Exception:
                 log.exception("Lightning socket loop error (continuing)")
@@ -409,7 +423,9 @@ class PhoenixSocket:
             try:
                 stream = (ssl.create_default_context().wrap_socket(raw, server_hostname=host)
                           if secure else raw)
-                ws = websocket.WebSocket()
+                # the reader checks text frames' UTF-8 in C; websocket-client's own check is
+                # pure Python, a byte at a time, and cost more than all else a frame takes
+                ws = websocket.WebSocket(skip_utf8_validation=True)
                 ws.connect(self.url, socket=stream)
                 stream.settimeout(None)
             except websocket.WebSocketBadStatusException as exc:
@@ -472,6 +488,8 @@ class PhoenixSocket:
                 opcode, data = ws.recv_data()
                 if opcode == websocket.ABNF.OPCODE_CLOSE:
                     break
+                if opcode == websocket.ABNF.OPCODE_TEXT:  # invalid UTF-8 closes (RFC 6455 8.1)
+                    data = data.decode("utf-8")
                 self._post(("frame", gen, opcode, data))
         except websocket.WebSocketConnectionClosedException:
             pass
@@ -554,7 +572,7 @@ class PhoenixSocket:
         if self._ws is None:
             return
         try:
-            self._ws.send(json.dumps(frame, separators=(",", ":"), ensure_ascii=False))
+            self._ws.send(_FRAME_ENCODER.encode(frame))
         except Exception as exc:  # the reader sees the close and reconnects
             log.debug("send failed: %s", exc)
             self._ws.abort()
@@ -650,7 +668,7 @@ class PhoenixSocket:
             del self._channels[ch.topic]
 
     # -- incoming -----------------------------------------------------------------------------------
-    def _on_frame(self, opcode: int, data: bytes) -> None:
+    def _on_frame(self, opcode: int, data: bytes | str) -> None:
         self._last_recv = time.monotonic()
         try:
             if opcode == websocket.ABNF.OPCODE_BINARY:

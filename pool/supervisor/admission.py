@@ -103,7 +103,15 @@ class Admission:
         for index in range(len(self.loops)):
             self.wake(index, now, reset)
 
-    def next_claim_due(self) -> float | None:
-        """When the earliest backing-off workloop with room may claim (for the loop's sleep)."""
+    def next_claim_due(self, free_executors: int) -> float | None:
+        """When the earliest backing-off workloop with room may claim (for the loop's sleep).
+
+        None while no claim could go out anyway (no ready executor nobody has reserved or
+        asked for): a claim made possible by a finished run is not due until its executor
+        reports ``ready`` again, and that message wakes the loop itself — without this the
+        loop would spin through a strict executor's whole standby boot.
+        """
+        if free_executors - self.claims_in_flight <= 0:
+            return None
         due = [s.next_claim_at for s in self.loops if not s.claiming and s.room > 0]
         return min(due, default=None)

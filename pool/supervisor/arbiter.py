@@ -2,9 +2,14 @@
 
 Shape borrowed from gunicorn's arbiter (supervisors.md §2.1): signal handlers, the Lightning
 socket's thread and the executors' reader threads only put small tuples on ``inbox``; the
-loop takes them one at a time and decides — no locks anywhere else. Each turn ends with
-``manage_executors`` (keep the pool at size), ``claim_runs`` (admission) and a fresh
-published :class:`PoolSnapshot`.
+loop takes everything queued at once and decides — no locks anywhere else. Each turn ends
+with ``manage_executors`` (keep the pool at size), ``claim_runs`` (admission) and, if anything
+in it changed, a fresh published :class:`PoolSnapshot`.
+
+The loop sleeps until an item, a timer, a due claim or the reaping tick: a turn costs CPU on
+every run's path (a trivial run takes some thirty), so nothing is done per turn that is not
+needed — executors are reaped on SIGCHLD (and every ``REAP_EVERY_S`` to be safe), the snapshot
+is rebuilt only when something it shows changed.
 
 Seams for the rest of the lifecycle (signals, control socket, HTTP, metrics):
 
@@ -63,6 +68,10 @@ from pool.supervisor.timers import Timers
 log = logging.getLogger("pool.supervisor")
 
 MAX_SLEEP_S = 1.0
+REAP_EVERY_S = 1.0  # waitpid without a SIGCHLD: a safety net, not the way deaths are seen
+# Items that change nothing the snapshot shows by themselves (the run's replies and events):
+# what follows from them (a dispatch, a completion) goes through count(), which marks it stale.
+QUIET_ITEMS = frozenset({"run_joined", "run_fetched", "run_sent", "executor_message"})
 STOP_FLUSH_S = 10.0  # after cancelling runs at the graceful deadline: time to report them
 EXECUTOR_STOP_S = 10.0
 
@@ -110,6 +119,9 @@ class Arbiter:
         self._next_slot_id = 1
         self._booted = False
         self._snapshot = PoolSnapshot(size=self.size, pid=os.getpid())
+        self._stale = True  # something the snapshot shows changed since it was published
+        self._reap_due = False  # a SIGCHLD came: some executor may have exited
+        self._next_reap_at = 0.0
         self.socket = PhoenixSocket(config.socket_url, timeout=config.message_timeout,
                                     on_open=lambda: self.post(("socket_open",)),
                                     on_close=lambda reason: self.post(("socket_closed", reason)))
@@ -136,6 +148,7 @@ class Arbiter:
         """One countable thing happened (the single place counters and metrics hook in)."""
         key = name + "".join(f"[{k}={v}]" for k, v in sorted(labels.items()))
         self.counters[key] += 1
+        self._stale = True
         for hook in self.count_hooks:
             try:
                 hook(name, labels)
@@ -160,13 +173,16 @@ class Arbiter:
             while self.exit_code is None:
                 self.handle_items(self.wait_for_items())
                 now = time.monotonic()
-                self.timers.fire_due(now)
-                self.reap_executors()
+                if self.timers.fire_due(now):
+                    self._stale = True
+                if self._reap_due or now >= self._next_reap_at:
+                    self.reap_executors(now)
                 self.check_boot_deadlines(now)
                 self.manage_executors()
                 self.claim_runs(now)
                 self.check_stop(now)
-                self.publish_snapshot()
+                if self._stale:
+                    self.publish_snapshot()
         except HaltServer as halt:
             self.exit_code, reason = halt.exit_code, halt.reason
         else:
@@ -178,7 +194,11 @@ class Arbiter:
         return self.exit_code
 
     def wait_for_items(self) -> list[tuple[Any, ...]]:
-        due = [d for d in (self.timers.next_due(), self.admission.next_claim_due()) if d]
+        """Everything queued, after sleeping until the first item or the next thing due."""
+        claim_due = (self.admission.next_claim_due(self.free_executors())
+                     if self.may_claim() else None)
+        due = [d for d in (self.timers.next_due(), claim_due, self._next_reap_at)
+               if d is not None]
         wait = min([MAX_SLEEP_S] + [d - time.monotonic() for d in due])
         try:
             items = [self.inbox.get(timeout=max(0.0, wait))]
@@ -192,10 +212,13 @@ class Arbiter:
 
     def handle_items(self, items: list[tuple[Any, ...]]) -> None:
         for item in items:
+            if item[0] not in QUIET_ITEMS:
+                self._stale = True
             handler = getattr(self, f"on_{item[0]}")
             handler(*item[1:])
 
     def publish_snapshot(self) -> None:
+        self._stale = False
         views = tuple(
             ExecutorView(pid=s.pid, state=s.state, run_id=s.run_id, runs_done=s.runs_done,
                          started_at=s.started_at, shim_pid=s.ready.get("shim_pid"), id=s.id)
@@ -217,7 +240,8 @@ class Arbiter:
 
     def on_signal(self, signum: int) -> None:
         if signum == signal.SIGCHLD:
-            return  # it only woke the loop: reap_executors runs every turn
+            self._reap_due = True  # reaped at the end of this turn
+            return
         name = signal.Signals(signum).name
         if signum == signal.SIGQUIT:
             log.warning("SIGQUIT: stopping now, runs in progress are killed")
@@ -244,9 +268,13 @@ class Arbiter:
             future.set_exception(ValueError(f"unknown command {name!r}"))
             return
         try:
-            future.set_result(handler(**args))
+            result = handler(**args)
         except Exception as exc:
             future.set_exception(exc)
+            return
+        if self._stale:  # whoever asked sees the change in /readyz and status at once
+            self.publish_snapshot()
+        future.set_result(result)
 
     def command_status(self) -> PoolSnapshot:
         self.publish_snapshot()
@@ -314,7 +342,7 @@ class Arbiter:
     def begin_drain(self) -> None:
         """Stop claiming; runs claimed so far finish; then the loop exits 0 (``check_stop``)."""
         if not self.draining:
-            self.draining = True
+            self.draining, self._stale = True, True  # also from a boot deadline, outside items
             self._stop_deadline = time.monotonic() + self.config.graceful_timeout
 
     def stop_now(self) -> None:
@@ -360,6 +388,7 @@ class Arbiter:
         slot = spawn_slot(slot_id, self.config.executor_init, self.config.boot_timeout,
                           self.post)
         self.slots[slot_id] = slot
+        self._stale = True
         log.info("executor %s spawned (pid %s)", slot_id, slot.pid,
                  extra={"executor_pid": slot.pid})
         return slot
@@ -413,12 +442,14 @@ class Arbiter:
         log.info("executor %s (pid %s) retired: %s", slot.id, slot.pid, why,
                  extra={"executor_pid": slot.pid})
         slot.state = STOPPING
+        self._stale = True
         with contextlib.suppress(ExecutorGone):  # already exiting: reported as STOPPING
             slot.handle.stop(graceful=True)
 
-    def reap_executors(self) -> None:
+    def reap_executors(self, now: float) -> None:
         """Notice executors that exited even when their socket has not closed (a shim that
         outlived its executor may still hold it): waitpid is the truth, as in gunicorn."""
+        self._reap_due, self._next_reap_at = False, now + REAP_EVERY_S
         for slot in list(self.slots.values()):
             code = slot.handle.proc.poll()
             if code is not None and slot.state != DEAD:
@@ -471,6 +502,7 @@ class Arbiter:
 
     def executor_ready(self, slot: ExecutorSlot, message: dict[str, Any]) -> None:
         first = slot.state == BOOTING
+        self._stale = True
         slot.ready = message
         if slot.state == RESERVED:
             return  # promised to a run already; nothing changes
@@ -506,6 +538,7 @@ class Arbiter:
         if slot is None or slot.state == DEAD:
             return
         was, slot.state = slot.state, DEAD
+        self._stale = True  # also when reaped, outside any item
         slot.handle.close(timeout=1)  # also kills what is left of its process group
         del self.slots[slot_id]
         if returncode == EXIT_BOOT_FAILURE or slot.boot_failure:
@@ -578,13 +611,19 @@ class Arbiter:
         self.admission.wake_all(time.monotonic(), reset=False)
 
     # -- admission ----------------------------------------------------------------------------------
+    def may_claim(self) -> bool:
+        return not (self.draining or self.paused or not self.queue_joined)
+
+    def free_executors(self) -> int:
+        """Ready executors no run has: admission's upper bound on a claim."""
+        idle = sum(1 for s in self.slots.values() if s.state == IDLE)
+        return idle - len(self.waiting_for_executor)
+
     def claim_runs(self, now: float) -> None:
         """Claim what the pool can start right now (admission.py has the rules)."""
-        if self.draining or self.paused or not self.queue_joined:
+        if not self.may_claim():
             return
-        idle = sum(1 for s in self.slots.values() if s.state == IDLE)
-        free = idle - len(self.waiting_for_executor)
-        for index, demand in self.admission.plan_claims(free, now):
+        for index, demand in self.admission.plan_claims(self.free_executors(), now):
             loop = self.config.workloops[index]
             self.queue.claim(demand, self.config.worker_name, loop.queues,
                              callback=lambda push, i=index, d=demand: self.post(

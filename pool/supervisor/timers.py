@@ -48,10 +48,14 @@ class Timers:
             heapq.heappop(self._heap)
         return self._heap[0][0] if self._heap else None
 
-    def fire_due(self, now: float) -> None:
-        """Run every timer due by ``now`` (timers they schedule for later wait their turn)."""
+    def fire_due(self, now: float) -> int:
+        """Run every timer due by ``now`` (timers they schedule for later wait their turn);
+        returns how many ran."""
+        fired = 0
         while self._heap and self._heap[0][0] <= now:
             _, _, timer = heapq.heappop(self._heap)
             if not timer.cancelled:
                 timer.cancelled = True
                 timer.fn(*timer.args)
+                fired += 1
+        return fired
