@@ -325,3 +325,8 @@ def render_help(command: str) -> str:
         env = " / ".join(row.env)
         lines.append(f"{row.flag:<32} {env:<36} {row.help}{default}")
     return "\n".join(lines)
+
+
+def default_of(name: str) -> Any:
+    """A setting's table default: the one place ws-worker's defaults are written down."""
+    return BY_NAME[name].default

@@ -26,6 +26,8 @@ import math
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from pool.settings import default_of
+
 ISOLATION_MODES = ("strict", "context", "cold", "noop")
 
 
@@ -37,10 +39,10 @@ class ConfigError(ValueError):
 class Limits:
     """A run's limits; the same four fields as the ``run`` message's ``limits``."""
 
-    timeout_ms: int = 300_000
-    memory_mb: int = 500
-    payload_mb: float = 10.0
-    log_payload_mb: float = 1.0
+    timeout_ms: int = int(default_of("max_run_duration") * 1000)
+    memory_mb: int = default_of("run_memory_mb")
+    payload_mb: float = default_of("payload_mb")
+    log_payload_mb: float = default_of("log_payload_mb")
 
     def merged(self, override: Any) -> Limits:
         """These limits with a run's own ``limits`` applied (missing or null fields keep ours)."""

@@ -13,6 +13,8 @@ import uuid
 from dataclasses import dataclass, field
 from typing import Any
 
+from pool.settings import default_of
+
 COLLECTIONS_ADAPTOR = "@openfn/language-collections"
 JOB_LOG_LEVELS = ("none", "debug", "info", "default", "warn", "error", "success", "always")
 SANITIZE_MODES = ("none", "remove", "summarize", "obfuscate")
@@ -26,11 +28,11 @@ class PlanError(ValueError):
 class RunDefaults:
     """The worker's own limits, used when the plan's options do not set them."""
 
-    timeout_ms: int = 300_000
-    memory_mb: int = 500
-    payload_mb: float = 10.0
-    log_payload_mb: float = 1.0
-    state_props_to_remove: tuple[str, ...] = ("configuration", "response")
+    timeout_ms: int = int(default_of("max_run_duration") * 1000)
+    memory_mb: int = default_of("run_memory_mb")
+    payload_mb: float = default_of("payload_mb")
+    log_payload_mb: float = default_of("log_payload_mb")
+    state_props_to_remove: tuple[str, ...] = tuple(default_of("state_props_to_remove"))
 
     @classmethod
     def from_settings(cls, settings: Any) -> RunDefaults:
