@@ -131,18 +131,30 @@ class ExecutorHandle:
             readable, _, _ = select.select([self.sock], [], [], wait)
             if not readable:
                 return None
-            try:
-                data = self.sock.recv(1 << 20)
-            except OSError:
-                data = b""
-            if not data:
-                self._eof = True
-                continue
-            for message in self._reader.feed(data):
-                if message.get("type") == BOOT_FAILED:
-                    self.boot_failure = str(message.get("reason") or "boot failed")
-                self._pending.append(message)
+            self._pending.extend(self.read_available() or ())
         return self._pending.popleft()
+
+    def read_available(self) -> list[dict[str, Any]] | None:
+        """One read, for a caller that knows the socket is readable (an event loop): the whole
+        messages that arrived, possibly none yet; None at EOF. ProtocolError on a bad frame."""
+        try:
+            data = self.sock.recv(1 << 20)
+        except BlockingIOError:
+            return []
+        except OSError:
+            data = b""
+        if not data:
+            self._eof = True
+            return None
+        messages = list(self._reader.feed(data))
+        for message in messages:
+            if message.get("type") == BOOT_FAILED:
+                self.boot_failure = str(message.get("reason") or "boot failed")
+        return messages
+
+    def gone(self) -> ExecutorGone:
+        """Why the executor is gone, once its socket read EOF (reaps it: may wait up to 2 s)."""
+        return self._gone("executor closed its socket")
 
     def wait_ready(self, timeout: float) -> dict[str, Any]:
         """Wait for the first ``ready``; ExecutorBootError (with the reason) if it never comes."""

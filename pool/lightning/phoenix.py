@@ -1,10 +1,14 @@
-"""A Phoenix channels (serializer V2) client on websocket-client, as Lightning's worker socket needs.
+"""A Phoenix channels (serializer V2) client, as Lightning's worker socket needs.
 
-One thread owns every piece of state (channels, refs, pending pushes, timers): callers and
-the socket's reader thread only put commands on its inbox, following DESIGN's "one loop owns
-the state; I/O threads only enqueue". Replies, server pushes and connection notices are
-delivered by calling the callbacks given here *from that thread*, so they must be cheap and
-thread-safe (the supervisor's just put onto its own queue).
+One thread owns every piece of state (channels, refs, pending pushes, timers) and the socket
+itself: it runs an :class:`~pool.eventloop.EventLoop` that reads frames as they arrive, so a
+reply costs no thread hop. That thread is either the caller's (the supervisor passes its own
+loop and calls :meth:`PhoenixSocket.next_deadline` / :meth:`PhoenixSocket.fire_timers` each
+turn: one loop owns everything, DESIGN's rule) or, with no loop given, a ``lightning-socket``
+thread of its own. Calls from other threads become commands run on the owning thread. Replies,
+server pushes and connection notices are delivered by calling the callbacks given here *from
+that thread*, so they must be cheap and must not block (the supervisor's only enqueue).
+Only the handshake (websocket-client, on a short-lived connector thread) happens elsewhere.
 
 Behaviour follows the Phoenix JS client that ws-worker uses (reference §2), with three
 deliberate differences: every address the host resolves to is tried (IPv6 and IPv4) so
@@ -15,9 +19,9 @@ channel rejoins (unless ``resend=False``), so a run's events are not lost to a r
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
-import queue
 import socket
 import ssl
 import threading
@@ -28,6 +32,19 @@ from typing import Any
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import websocket
+
+from pool.eventloop import EventLoop
+from pool.lightning.wsframes import (
+    OP_BINARY,
+    OP_CLOSE,
+    OP_PING,
+    OP_PONG,
+    OP_TEXT,
+    FrameError,
+    FrameParser,
+    close_frame,
+    encode_frame,
+)
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +57,9 @@ KIND_PUSH, KIND_REPLY, KIND_BROADCAST = 0, 1, 2
 Resolver = Callable[..., Sequence[tuple[Any, ...]]]
 # one encoder for every frame: json.dumps with options builds a new one per call
 _FRAME_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+RECV_SIZE = 256 * 1024
+_WOULD_BLOCK = (BlockingIOError, ssl.SSLWantReadError, ssl.SSLWantWriteError)
+_EVENT_LOCK = threading.Lock()  # only to create a Push's Event lazily, for threads that wait
 
 
 def build_socket_url(endpoint: str, token: str, worker_version: str) -> str:
@@ -119,16 +139,25 @@ class Push:
         self.decode = decode
         self.ref: str | None = None
         self.reply: Reply | None = None
-        self._done = threading.Event()
+        # made only for a thread that waits: most pushes are settled into a callback, and an
+        # Event per push was a measurable share of the supervisor's CPU per run
+        self._event: threading.Event | None = None
 
     @property
     def done(self) -> bool:
-        return self._done.is_set()
+        return self.reply is not None
 
     def wait(self, timeout: float | None = None) -> Reply:
         """Block until settled (at the latest by the push's own deadline)."""
-        if not self._done.wait(timeout):
-            raise TimeoutError(f"{self.event} on {self.topic} not settled within {timeout}s")
+        if self.reply is None:
+            with _EVENT_LOCK:
+                if self._event is None:
+                    self._event = threading.Event()
+                event = self._event
+                if self.reply is not None:
+                    event.set()
+            if not event.wait(timeout):
+                raise TimeoutError(f"{self.event} on {self.topic} not settled within {timeout}s")
         assert self.reply is not None
         return self.reply
 
@@ -146,10 +175,12 @@ class Push:
             raise LightningError(self.event, Reply("error", f"unreadable reply: {exc}")) from None
 
     def _settle(self, reply: Reply) -> bool:
-        if self._done.is_set():
+        if self.reply is not None:
             return False
         self.reply = reply
-        self._done.set()
+        with _EVENT_LOCK:
+            if self._event is not None:
+                self._event.set()
         if self.callback is not None:
             _safe_call(self.callback, self)
         return True
@@ -222,6 +253,8 @@ class PhoenixSocket:
 
     ``resolver`` has :func:`socket.getaddrinfo`'s signature; tests inject one to put ``::1``
     first. ``reconnect_delays`` / ``rejoin_delays`` are seconds, the last repeated forever.
+    ``loop``: the owner's event loop (its thread then drives this socket: see the module's
+    docstring); without one, :meth:`connect` starts a thread running a loop of its own.
     """
 
     def __init__(
@@ -236,6 +269,7 @@ class PhoenixSocket:
         rejoin_delays: Sequence[float] = (1, 2, 5, 10),
         on_open: Callable[[], None] | None = None,
         on_close: Callable[[str], None] | None = None,
+        loop: EventLoop | None = None,
     ) -> None:
         self.url = url
         self.resolver = resolver
@@ -247,12 +281,16 @@ class PhoenixSocket:
         self.on_open = on_open
         self.on_close = on_close
         self.address: Any = None  # the socket address in use, once connected
-        self._inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self._own_loop = loop is None
+        self._loop = loop if loop is not None else EventLoop()
         self._opened = threading.Event()
+        self._started = False
         self._stopped = False
         self._thread: threading.Thread | None = None
-        # owned by the loop thread:
-        self._ws: websocket.WebSocket | None = None
+        # owned by the loop's thread:
+        self._sock: socket.socket | None = None  # None while closed, or lost and not yet closed
+        self._parser = FrameParser()
+        self._out = bytearray()  # bytes the kernel would not take yet
         self._gen = 0
         self._ref = 0
         self._state = "closed"  # closed | connecting | open
@@ -265,15 +303,19 @@ class PhoenixSocket:
         self._hb_next = 0.0
         self._hb_answered = False
         self._last_recv = 0.0
-        self._closing_ws = False
+        # the earliest deadline of anything above; may be early (a fire then finds nothing
+        # due), never late: every new deadline goes through _arm()
+        self._due = float("inf")
 
     # -- public, any thread -------------------------------------------------------------------
     def connect(self) -> PhoenixSocket:
-        """Start the loop and the first connection attempt; returns at once."""
-        if self._thread is None:
-            self._thread = threading.Thread(target=self._loop, name="lightning-socket",
-                                            daemon=True)
-            self._thread.start()
+        """Start the first connection attempt (and the own loop's thread); returns at once."""
+        if not self._started:
+            self._started = True
+            if self._own_loop:
+                self._thread = threading.Thread(target=self._run_own_loop,
+                                                name="lightning-socket", daemon=True)
+                self._thread.start()
             self._post(("connect",))
         return self
 
@@ -293,53 +335,84 @@ class PhoenixSocket:
                        on_message, on_join, on_close)
 
     def disconnect(self, timeout: float = 5.0) -> None:
-        """Close for good: every unsettled push fails, no reconnect; waits for the loop."""
-        if self._thread is None:
+        """Close for good: every unsettled push fails, no reconnect; waits for the own loop."""
+        if not self._started or self._stopped:
             return
         self._post(("disconnect",))
-        self._thread.join(timeout)
+        if self._thread is not None:
+            self._thread.join(timeout)
 
     def _post(self, command: tuple[Any, ...]) -> None:
-        self._inbox.put(command)
+        """Run a command on the loop's thread: at once when called from it, else soon."""
+        if self._loop.in_loop_thread():
+            self._handle(command)
+        else:
+            self._loop.call_from_thread(self._handle, command)
 
-    # -- the loop -------------------------------------------------------------------------------
-    def _loop(self) -> None:
-        # Every command queued is handled before the timers are looked at again: a run's
-        # replies often come in bursts, and each look walks every push and channel.
-        while not self._stopped:
-            wait = max(0.0, self._next_deadline() - time.monotonic())
-            try:
-                commands = [self._inbox.get(timeout=min(wait, 1.0))]
-            except queue.Empty:
-                commands = []
-            while True:
+    # -- the loop's thread ------------------------------------------------------------------------
+    def next_deadline(self) -> float:
+        """When :meth:`fire_timers` next has something to do (monotonic seconds): kept up to
+        date as deadlines are made, so asking costs nothing on every turn of the owner's loop."""
+        return self._due
+
+    def _arm(self, deadline: float) -> None:
+        if deadline < self._due:
+            self._due = deadline
+
+    def _earliest_deadline(self) -> float:
+        deadlines = [p.deadline for p in self._pending.values()]
+        for ch in self._channels.values():
+            deadlines += [p.deadline for p in ch.buffer]
+            deadlines += [t for t in (ch.join_deadline, ch.rejoin_at) if t is not None]
+            if ch.first_join is not None:
+                deadlines.append(ch.first_join.deadline)
+        if self._state == "open":
+            deadlines.append(self._hb_next)
+        if self._reconnect_at is not None:
+            deadlines.append(self._reconnect_at)
+        return min(deadlines, default=float("inf"))
+
+    def fire_timers(self, now: float) -> None:
+        """Time out pushes and joins, rejoin, heartbeat, reconnect: whatever is due by ``now``."""
+        if now < self._due:
+            return
+        try:
+            self._fire_timers(now)
+        except Exception:
+            log.exception("Lightning socket timer error (continuing)")
+        self._due = self._earliest_deadline()
+
+    def _run_own_loop(self) -> None:
+        self._loop.bind()
+        try:
+            while not self._stopped:
+                wait = max(0.0, min(self.next_deadline() - time.monotonic(), 1.0))
                 try:
-                    commands.append(self._inbox.get_nowait())
-                except queue.Empty:
-                    break
-            for command in commands:
-                if self._stopped:
-                    return
-                try:
-                    self._handle(command)
+                    self._loop.run_once(wait)
                 except Exception:
                     log.exception("Lightning socket loop error (continuing)")
-            try:
-                self._fire_timers(time.monotonic())
-            except Exception:
-                log.exception("Lightning socket loop error (continuing)")
+                self.fire_timers(time.monotonic())
+        finally:
+            self._loop.close()
 
     def _handle(self, command: tuple[Any, ...]) -> None:
+        try:
+            self._command(command)
+        except Exception:
+            log.exception("Lightning socket error in %s (continuing)", command[0])
+
+    def _command(self, command: tuple[Any, ...]) -> None:
         kind = command[0]
+        if self._stopped:
+            return
+        if kind in ("join", "push", "leave"):
+            self._arm(command[2].deadline)
         if kind == "connect":
             self._start_connect()
         elif kind == "opened":
             self._on_opened(*command[1:])
         elif kind == "connect_failed":
             self._on_connect_failed(*command[1:])
-        elif kind == "frame":
-            if command[1] == self._gen:
-                self._on_frame(command[2], command[3])
         elif kind == "closed":
             if command[1] == self._gen:
                 self._on_closed(command[2])
@@ -351,19 +424,6 @@ class PhoenixSocket:
             self._leave(command[1], command[2])
         elif kind == "disconnect":
             self._shutdown()
-
-    def _next_deadline(self) -> float:
-        deadlines = [p.deadline for p in self._pending.values()]
-        for ch in self._channels.values():
-            deadlines += [p.deadline for p in ch.buffer]
-            deadlines += [t for t in (ch.join_deadline, ch.rejoin_at) if t is not None]
-            if ch.first_join is not None:
-                deadlines.append(ch.first_join.deadline)
-        if self._state == "open":
-            deadlines.append(self._hb_next)
-        if self._reconnect_at is not None:
-            deadlines.append(self._reconnect_at)
-        return min(deadlines, default=time.monotonic() + 1.0)
 
     def _fire_timers(self, now: float) -> None:
         for ref, push in list(self._pending.items()):
@@ -423,11 +483,9 @@ class PhoenixSocket:
             try:
                 stream = (ssl.create_default_context().wrap_socket(raw, server_hostname=host)
                           if secure else raw)
-                # the reader checks text frames' UTF-8 in C; websocket-client's own check is
-                # pure Python, a byte at a time, and cost more than all else a frame takes
+                # the handshake only: frames are read and written by the loop (wsframes.py)
                 ws = websocket.WebSocket(skip_utf8_validation=True)
                 ws.connect(self.url, socket=stream)
-                stream.settimeout(None)
             except websocket.WebSocketBadStatusException as exc:
                 raw.close()
                 hint = " (check WORKER_SECRET)" if exc.status_code in (401, 403) else ""
@@ -440,25 +498,27 @@ class PhoenixSocket:
                               f"{exc}")
                 continue
             if self._stopped:
-                ws.abort()
+                stream.close()
                 return
-            self._post(("opened", gen, ws, address))
+            stream.setblocking(False)
+            self._post(("opened", gen, stream, address))
             return
         self._post(("connect_failed", gen, "; ".join(errors) or f"{host} has no addresses"))
 
-    def _on_opened(self, gen: int, ws: websocket.WebSocket, address: Any) -> None:
+    def _on_opened(self, gen: int, stream: socket.socket, address: Any) -> None:
         if gen != self._gen or self._stopped:
-            ws.abort()
+            stream.close()
             return
-        self._ws, self._state, self.address = ws, "open", address
+        self._sock, self._state, self.address = stream, "open", address
+        self._parser, self._out = FrameParser(), bytearray()
         self._reconnect_tries = 0
         self._hb_ref, self._hb_answered = None, False
         now = time.monotonic()
         self._last_recv, self._hb_next = now, now + self.heartbeat_s
+        self._arm(self._hb_next)
         log.info("connected to Lightning at %s via %s port %s", _redact(self.url),
                  address[0], address[1])
-        threading.Thread(target=self._reader, args=(gen, ws), name="lightning-reader",
-                         daemon=True).start()
+        self._loop.add_reader(stream.fileno(), self._on_readable)
         self._opened.set()
         if self.on_open is not None:
             _safe_call(self.on_open)
@@ -478,29 +538,74 @@ class PhoenixSocket:
         delay = self.reconnect_delays[min(self._reconnect_tries, len(self.reconnect_delays) - 1)]
         self._reconnect_tries += 1
         self._reconnect_at = time.monotonic() + delay
+        self._arm(self._reconnect_at)
         return delay
 
-    def _reader(self, gen: int, ws: websocket.WebSocket) -> None:
-        """Blocking reads on its own thread; every frame goes to the loop's inbox."""
-        reason = "closed by Lightning"
-        try:
-            while True:
-                opcode, data = ws.recv_data()
-                if opcode == websocket.ABNF.OPCODE_CLOSE:
-                    break
-                if opcode == websocket.ABNF.OPCODE_TEXT:  # invalid UTF-8 closes (RFC 6455 8.1)
-                    data = data.decode("utf-8")
-                self._post(("frame", gen, opcode, data))
-        except websocket.WebSocketConnectionClosedException:
-            pass
-        except Exception as exc:
-            reason = f"connection error: {exc}"
-        finally:
-            ws.shutdown()
-            self._post(("closed", gen, reason))
+    def _on_readable(self) -> None:
+        """Read what has arrived (several frames at once, or part of a large one) and act on
+        each whole message in order."""
+        sock = self._sock
+        while sock is not None and sock is self._sock:
+            try:
+                data = sock.recv(RECV_SIZE)
+            except _WOULD_BLOCK:
+                return
+            except OSError as exc:
+                self._lose(f"connection error: {exc}")
+                return
+            if not data:
+                self._lose("closed by Lightning")
+                return
+            try:
+                frames = self._parser.feed(data)
+            except FrameError as exc:
+                self._lose(f"connection error: {exc}")
+                return
+            for opcode, payload in frames:
+                if sock is not self._sock:
+                    return
+                try:
+                    self._on_ws_frame(opcode, payload)
+                except Exception:  # a bug here must not take the owner's loop down
+                    log.exception("Lightning frame handling error (continuing)")
+            if len(data) < RECV_SIZE and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+                return
+
+    def _on_ws_frame(self, opcode: int, payload: bytes) -> None:
+        if opcode == OP_TEXT:
+            try:
+                text = payload.decode("utf-8")  # invalid UTF-8 closes (RFC 6455 8.1)
+            except UnicodeDecodeError as exc:
+                self._lose(f"connection error: invalid UTF-8 in a text frame: {exc}")
+                return
+            self._on_frame(OP_TEXT, text)
+        elif opcode == OP_BINARY:
+            self._on_frame(OP_BINARY, payload)
+        elif opcode == OP_PING:
+            self._write(encode_frame(payload, OP_PONG))
+        elif opcode == OP_CLOSE:
+            self._write(close_frame())
+            self._lose("closed by Lightning")
+
+    def _lose(self, reason: str) -> None:
+        """Drop the connection now; its consequences (resends, reconnect) follow as a command,
+        as they would from a reader thread, so whatever is mid-way finishes first."""
+        sock = self._sock
+        if sock is None:
+            return
+        self._sock = None
+        self._loop.remove_reader(sock.fileno())
+        self._loop.set_writer(sock.fileno(), None)
+        if self._out:
+            with contextlib.suppress(OSError):
+                sock.send(self._out)
+        with contextlib.suppress(OSError):
+            sock.close()
+        self._out = bytearray()
+        self._loop.call_from_thread(self._handle, ("closed", self._gen, reason))
 
     def _on_closed(self, reason: str) -> None:
-        self._ws, self._state = None, "closed"
+        self._state = "closed"
         self._opened.clear()
         self._hb_ref = None
         for ref in list(self._joins):
@@ -519,9 +624,6 @@ class PhoenixSocket:
             ch.buffer[:0] = resend.get(ch.topic, [])
         if self._stopped:
             return
-        if self._closing_ws:
-            self._closing_ws = False
-            reason = "heartbeat timeout"
         delay = self._schedule_reconnect()
         log.warning("lost the connection to Lightning (%s); reconnecting in %ss", reason, delay)
         if self.on_close is not None:
@@ -538,12 +640,18 @@ class PhoenixSocket:
             ch.buffer.clear()
             ch.state = "closed"
         self._channels.clear()
-        if self._ws is not None:
-            try:
-                self._ws.send_close()
-            except Exception:
+        sock, self._sock = self._sock, None
+        if sock is not None:
+            self._loop.remove_reader(sock.fileno())
+            self._loop.set_writer(sock.fileno(), None)
+            try:  # what is still queued, then a close frame: best effort, briefly blocking
+                sock.settimeout(1.0)
+                sock.sendall(bytes(self._out) + close_frame())
+            except OSError:
                 log.debug("close frame not sent", exc_info=True)
-            self._ws.abort()
+            with contextlib.suppress(OSError):
+                sock.close()
+        self._state = "closed"
         self._opened.clear()
 
     def _heartbeat(self, now: float) -> None:
@@ -554,10 +662,8 @@ class PhoenixSocket:
         if self._hb_answered and now - self._last_recv >= 2 * self.heartbeat_s:
             log.warning("no heartbeat reply from Lightning in %ss; reconnecting",
                         round(now - self._last_recv, 1))
-            self._closing_ws = True
-            if self._ws is not None:
-                self._ws.abort()
             self._hb_next = now + self.heartbeat_s
+            self._lose("heartbeat timeout")
             return
         self._hb_ref = self._next_ref()
         self._hb_next = now + self.heartbeat_s
@@ -569,13 +675,43 @@ class PhoenixSocket:
         return str(self._ref)
 
     def _send(self, frame: list[Any]) -> None:
-        if self._ws is None:
+        if self._sock is not None:
+            self._write(encode_frame(_FRAME_ENCODER.encode(frame)))
+
+    def _write(self, data: bytes) -> None:
+        """Send now what the kernel takes; keep the rest and send it when writable (a large
+        dataclip must not stall the loop, and frames must not interleave)."""
+        sock = self._sock
+        if sock is None:
+            return
+        if self._out:
+            self._out += data
             return
         try:
-            self._ws.send(_FRAME_ENCODER.encode(frame))
-        except Exception as exc:  # the reader sees the close and reconnects
-            log.debug("send failed: %s", exc)
-            self._ws.abort()
+            sent = sock.send(data)
+        except _WOULD_BLOCK:
+            sent = 0
+        except OSError as exc:  # the loop sees the close and reconnects
+            self._lose(f"connection error: {exc}")
+            return
+        if sent < len(data):
+            self._out += memoryview(data)[sent:]
+            self._loop.set_writer(sock.fileno(), self._on_writable)
+
+    def _on_writable(self) -> None:
+        sock = self._sock
+        if sock is None:
+            return
+        try:
+            sent = sock.send(self._out)
+        except _WOULD_BLOCK:
+            return
+        except OSError as exc:
+            self._lose(f"connection error: {exc}")
+            return
+        del self._out[:sent]
+        if not self._out:
+            self._loop.set_writer(sock.fileno(), None)
 
     def _join(self, ch: Channel, push: Push) -> None:
         existing = self._channels.get(ch.topic)
@@ -597,6 +733,7 @@ class PhoenixSocket:
         ch.join_ref = self._next_ref()
         ch.state, ch.rejoin_at = "joining", None
         ch.join_deadline = time.monotonic() + ch.timeout
+        self._arm(ch.join_deadline)
         self._joins[ch.join_ref] = ch
         self._send([ch.join_ref, ch.join_ref, ch.topic, PHX_JOIN, ch.join_payload])
 
@@ -616,6 +753,7 @@ class PhoenixSocket:
         else:
             delays = self.rejoin_delays
             ch.rejoin_at = time.monotonic() + delays[min(ch.rejoin_tries, len(delays) - 1)]
+            self._arm(ch.rejoin_at)
             ch.rejoin_tries += 1
         if ch.first_join is not None:
             ch.first_join._settle(reply)
@@ -671,7 +809,7 @@ class PhoenixSocket:
     def _on_frame(self, opcode: int, data: bytes | str) -> None:
         self._last_recv = time.monotonic()
         try:
-            if opcode == websocket.ABNF.OPCODE_BINARY:
+            if opcode == OP_BINARY:
                 message = decode_binary(data)
             else:
                 message = json.loads(data)

@@ -1,15 +1,18 @@
 """The arbiter: one loop that owns the pool, the Lightning connection and every run.
 
-Shape borrowed from gunicorn's arbiter (supervisors.md §2.1): signal handlers, the Lightning
-socket's thread and the executors' reader threads only put small tuples on ``inbox``; the
-loop takes everything queued at once and decides — no locks anywhere else. Each turn ends
-with ``manage_executors`` (keep the pool at size), ``claim_runs`` (admission) and, if anything
-in it changed, a fresh published :class:`PoolSnapshot`.
+Shape borrowed from gunicorn's arbiter (supervisors.md §2.1): the loop waits in one select()
+(:class:`~pool.eventloop.EventLoop`) on the Lightning socket, every executor's socket and a
+wake-up pipe; what they bring becomes small tuples on ``items``, which the loop then takes all
+at once and decides on — no locks anywhere else. Signal handlers and the other threads
+(control socket, HTTP, the Lightning connector, an executor's reaper) only ``post()``, which
+queues and wakes the loop. Each turn ends with ``manage_executors`` (keep the pool at size),
+``claim_runs`` (admission) and, if anything in it changed, a fresh published
+:class:`PoolSnapshot`.
 
-The loop sleeps until an item, a timer, a due claim or the reaping tick: a turn costs CPU on
-every run's path (a trivial run takes some thirty), so nothing is done per turn that is not
-needed — executors are reaped on SIGCHLD (and every ``REAP_EVERY_S`` to be safe), the snapshot
-is rebuilt only when something it shows changed.
+A turn costs CPU on every run's path (a trivial run takes some thirty round trips), so nothing
+is done per turn that is not needed: no thread hop between a socket and the loop, executors
+reaped on SIGCHLD (and every ``REAP_EVERY_S`` to be safe), the snapshot rebuilt only when
+something it shows changed.
 
 Seams for the rest of the lifecycle (signals, control socket, HTTP, metrics):
 
@@ -27,17 +30,17 @@ from __future__ import annotations
 import contextlib
 import logging
 import os
-import queue
 import signal
 import sys
 import time
-from collections import Counter
+from collections import Counter, deque
 from collections.abc import Callable
 from concurrent.futures import Future
 from dataclasses import replace
 from types import FrameType
 from typing import Any
 
+from pool.eventloop import EventLoop
 from pool.executor.handle import BOOT_FAILED, ExecutorGone
 from pool.executor.protocol import EXIT_BOOT_FAILURE, READY, RECYCLED
 from pool.lightning.phoenix import PhoenixSocket, Push, Reply
@@ -93,7 +96,8 @@ class Arbiter:
                  reload: Callable[[], SupervisorConfig] | None = None) -> None:
         self.config = config
         self.reload = reload  # SIGHUP: settings read again (flags, env, config file)
-        self.inbox: queue.SimpleQueue[tuple[Any, ...]] = queue.SimpleQueue()
+        self.loop = EventLoop()
+        self.items: deque[tuple[Any, ...]] = deque()  # appended to on the loop's thread only
         self.timers = Timers()
         self.admission = Admission(config.workloops, config.backoff)
         self.size = config.size
@@ -123,6 +127,7 @@ class Arbiter:
         self._reap_due = False  # a SIGCHLD came: some executor may have exited
         self._next_reap_at = 0.0
         self.socket = PhoenixSocket(config.socket_url, timeout=config.message_timeout,
+                                    loop=self.loop,
                                     on_open=lambda: self.post(("socket_open",)),
                                     on_close=lambda reason: self.post(("socket_closed", reason)))
         self.queue = QueueChannel(self.socket, list(config.workloops), config.claim_timeout,
@@ -132,8 +137,12 @@ class Arbiter:
 
     # -- seams for other threads ----------------------------------------------------------------
     def post(self, item: tuple[Any, ...]) -> None:
-        """Put an item on the loop's inbox (any thread, signal handlers included)."""
-        self.inbox.put(item)
+        """Queue an item for the loop: directly from the loop's own thread (its sockets'
+        callbacks), through the wake-up pipe from any other thread."""
+        if self.loop.in_loop_thread():
+            self.items.append(item)
+        else:
+            self.loop.call_from_thread(self.items.append, item)
 
     def submit(self, name: str, **args: Any) -> Future[Any]:
         """Run ``command_<name>(**args)`` on the loop; the future holds its answer."""
@@ -166,19 +175,22 @@ class Arbiter:
     # -- the loop -----------------------------------------------------------------------------------
     def run(self) -> int:
         """Boot the pool, connect, serve until stopped; returns the exit code."""
+        self.loop.bind()
         self.install_signals()
         try:
             for _ in range(self.size):
                 self.spawn_executor()
             while self.exit_code is None:
-                self.handle_items(self.wait_for_items())
+                changed = self.handle_items(self.wait_for_items())
                 now = time.monotonic()
                 if self.timers.fire_due(now):
                     self._stale = True
                 if self._reap_due or now >= self._next_reap_at:
                     self.reap_executors(now)
-                self.check_boot_deadlines(now)
-                self.manage_executors()
+                    self.check_boot_deadlines(now)
+                    self.manage_executors()  # also: a respawn held back by the guard
+                elif changed or self._stale:  # a run's replies and events alone never
+                    self.manage_executors()      # change what the pool should look like
                 self.claim_runs(now)
                 self.check_stop(now)
                 if self._stale:
@@ -194,28 +206,33 @@ class Arbiter:
         return self.exit_code
 
     def wait_for_items(self) -> list[tuple[Any, ...]]:
-        """Everything queued, after sleeping until the first item or the next thing due."""
-        claim_due = (self.admission.next_claim_due(self.free_executors())
-                     if self.may_claim() else None)
-        due = [d for d in (self.timers.next_due(), claim_due, self._next_reap_at)
-               if d is not None]
-        wait = min([MAX_SLEEP_S] + [d - time.monotonic() for d in due])
-        try:
-            items = [self.inbox.get(timeout=max(0.0, wait))]
-        except queue.Empty:
-            return []
-        while True:
-            try:
-                items.append(self.inbox.get_nowait())
-            except queue.Empty:
-                return items
+        """Everything queued, after reading what the sockets have (sleeping until something
+        arrives or the next thing is due, unless items are already waiting)."""
+        socket_due = self.socket.next_deadline()
+        if self.items:
+            wait = 0.0
+        else:
+            claim_due = (self.admission.next_claim_due(self.free_executors())
+                         if self.may_claim() else None)
+            due = [d for d in (self.timers.next_due(), claim_due, self._next_reap_at, socket_due)
+                   if d is not None]
+            wait = max(0.0, min([MAX_SLEEP_S] + [d - time.monotonic() for d in due]))
+        self.loop.run_once(wait)
+        if time.monotonic() >= socket_due:
+            self.socket.fire_timers(time.monotonic())
+        items = list(self.items)
+        self.items.clear()
+        return items
 
-    def handle_items(self, items: list[tuple[Any, ...]]) -> None:
+    def handle_items(self, items: list[tuple[Any, ...]]) -> bool:
+        """Act on each item; True if any was more than a run's reply or event."""
+        changed = False
         for item in items:
             if item[0] not in QUIET_ITEMS:
-                self._stale = True
+                self._stale = changed = True
             handler = getattr(self, f"on_{item[0]}")
             handler(*item[1:])
+        return changed
 
     def publish_snapshot(self) -> None:
         self._stale = False
@@ -232,7 +249,8 @@ class Arbiter:
     # -- signals and commands -------------------------------------------------------------------
     def install_signals(self) -> None:
         def enqueue(signum: int, _frame: FrameType | None) -> None:
-            self.inbox.put(("signal", signum))  # NO LOGGING here: the loop logs
+            # the wake-up pipe even on the loop's thread: it may be asleep in select()
+            self.loop.call_from_thread(self.items.append, ("signal", signum))  # NO LOGGING
 
         for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGCHLD, signal.SIGQUIT,
                        signal.SIGHUP, signal.SIGTTIN, signal.SIGTTOU):
@@ -386,7 +404,7 @@ class Arbiter:
     def spawn_executor(self) -> ExecutorSlot:
         slot_id, self._next_slot_id = self._next_slot_id, self._next_slot_id + 1
         slot = spawn_slot(slot_id, self.config.executor_init, self.config.boot_timeout,
-                          self.post)
+                          self.loop, self.post)
         self.slots[slot_id] = slot
         self._stale = True
         log.info("executor %s spawned (pid %s)", slot_id, slot.pid,
@@ -539,6 +557,7 @@ class Arbiter:
             return
         was, slot.state = slot.state, DEAD
         self._stale = True  # also when reaped, outside any item
+        self.loop.remove_reader(slot.fd)
         slot.handle.close(timeout=1)  # also kills what is left of its process group
         del self.slots[slot_id]
         if returncode == EXIT_BOOT_FAILURE or slot.boot_failure:
@@ -716,7 +735,7 @@ class Arbiter:
             slot.handle.run(session.run_id, converted.plan, session.input, converted.limits,
                             converted.options)
         except ExecutorGone as gone:
-            session.executor_died(gone.reason)  # its reader thread reports the death too
+            session.executor_died(gone.reason)  # its socket's EOF reports the death too
         session.input = None
         self.count("run_dispatched")
         self.observe("claim_to_dispatch", time.monotonic() - session.claimed_at)
@@ -765,11 +784,14 @@ class Arbiter:
         for slot in list(self.slots.values()):
             if slot.state != DEAD:
                 slot.state = STOPPING
+                self.loop.remove_reader(slot.fd)
                 slot.handle.close(timeout=EXECUTOR_STOP_S if self.exit_code == 0 else 1.0)
         self.slots.clear()
         if self.queue_joined:
-            with contextlib.suppress(TimeoutError):
-                self.queue.leave().wait(2.0)
+            leave, until = self.queue.leave(), time.monotonic() + 2.0
+            while not leave.done and time.monotonic() < until:  # the loop reads the reply
+                self.loop.run_once(min(0.1, max(0.0, until - time.monotonic())))
+                self.socket.fire_timers(time.monotonic())
         self.socket.disconnect()
         self.publish_snapshot()
 

@@ -1,4 +1,4 @@
-"""The pool's executors as the arbiter sees them: a slot per process, and its reader thread.
+"""The pool's executors as the arbiter sees them: a slot per process, and how it is read.
 
 A slot's ``state`` is the arbiter's truth about what that executor may be given:
 
@@ -9,8 +9,10 @@ A slot's ``state`` is the arbiter's truth about what that executor may be given:
 ``stopping``  asked to stop; not to be given work
 ``dead``      its process is gone (reaped); the slot is dropped
 
-The reader thread only turns the executor's frames into items on the arbiter's inbox; it
-decides nothing.
+Each executor's socket is read by the arbiter's own event loop (no thread per executor: a
+thread hop per message was a share of the supervisor's CPU per run); the reader only turns
+frames into items for the arbiter and decides nothing. At EOF a short-lived thread reaps the
+process (which may take a moment) and reports ``executor_gone``.
 """
 
 from __future__ import annotations
@@ -22,7 +24,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
-from pool.executor.handle import ExecutorGone, ExecutorHandle
+from pool.eventloop import EventLoop
+from pool.executor.handle import ExecutorHandle
 from pool.executor.protocol import ProtocolError
 
 log = logging.getLogger(__name__)
@@ -47,37 +50,49 @@ class ExecutorSlot:
     started_at: float = field(default_factory=time.time)
     ready: dict[str, Any] = field(default_factory=dict)
     boot_failure: str | None = None
+    fd: int = -1  # the socket's descriptor as registered with the loop (unregister before close)
 
     @property
     def pid(self) -> int:
         return self.handle.pid
 
 
-def spawn_slot(slot_id: int, init: dict[str, Any], boot_timeout: float, post: Post) -> ExecutorSlot:
+def spawn_slot(slot_id: int, init: dict[str, Any], boot_timeout: float, loop: EventLoop,
+               post: Post) -> ExecutorSlot:
     """Start an executor (from the calling thread: call it from the long-lived main thread, so
-    ``PR_SET_PDEATHSIG`` stays armed) and a daemon thread reading its messages into ``post``."""
+    ``PR_SET_PDEATHSIG`` stays armed) and have ``loop`` read its messages into ``post``."""
     executor_log = logging.getLogger("pool.executor")
 
     def on_output(line: str) -> None:
         executor_log.info("[executor %s] %s", slot_id, line)
 
     handle = ExecutorHandle.spawn(init, on_output=on_output)
-    slot = ExecutorSlot(slot_id, handle, time.monotonic() + boot_timeout)
-    threading.Thread(target=read_messages, args=(slot_id, handle, post),
-                     name=f"executor-{handle.pid}-reader", daemon=True).start()
+    slot = ExecutorSlot(slot_id, handle, time.monotonic() + boot_timeout, fd=handle.fileno())
+    loop.add_reader(slot.fd, lambda: read_messages(slot, loop, post))
     return slot
 
 
-def read_messages(slot_id: int, handle: ExecutorHandle, post: Post) -> None:
-    """Forward every message, then one ``executor_gone`` when the socket closes."""
+def read_messages(slot: ExecutorSlot, loop: EventLoop, post: Post) -> None:
+    """The socket is readable: post every whole message; at EOF stop reading and have a thread
+    report ``executor_gone`` once the process is reaped."""
+    handle = slot.handle
     try:
-        while True:
-            message = handle.recv()
-            if message is not None:
-                post(("executor_message", slot_id, message))
-    except ExecutorGone as gone:
-        post(("executor_gone", slot_id, gone.returncode, gone.reason))
+        messages = handle.read_available()
     except ProtocolError as exc:
+        loop.remove_reader(slot.fd)
         handle.kill()
-        post(("executor_gone", slot_id, handle.proc.returncode,
+        post(("executor_gone", slot.id, handle.proc.returncode,
               f"executor broke the protocol: {exc}"))
+        return
+    if messages is None:
+        loop.remove_reader(slot.fd)
+        threading.Thread(target=report_gone, args=(slot.id, handle, post),
+                         name=f"executor-{handle.pid}-gone", daemon=True).start()
+        return
+    for message in messages:
+        post(("executor_message", slot.id, message))
+
+
+def report_gone(slot_id: int, handle: ExecutorHandle, post: Post) -> None:
+    gone = handle.gone()
+    post(("executor_gone", slot_id, gone.returncode, gone.reason))

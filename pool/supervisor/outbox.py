@@ -41,6 +41,8 @@ LINE = "line"  # a line the worker writes itself: a batch of its own
 LIFECYCLE = "lifecycle"
 LOG_EVENTS = (RUN_LOG, BATCH_LOGS)
 MB = 1024 * 1024
+# sizes each event for the cap; json.dumps(default=...) would build a new encoder per event
+_SIZER = json.JSONEncoder(ensure_ascii=False, default=str)
 
 Send = Callable[[str, dict[str, Any], int], None]
 Count = Callable[..., None]
@@ -95,7 +97,7 @@ class Outbox:
         """Queue events in order; ``log_kind`` says whether their log lines may be batched."""
         for event, payload in events:
             kind = log_kind if event == RUN_LOG else LIFECYCLE
-            size = len(json.dumps(payload, ensure_ascii=False, default=str))
+            size = len(_SIZER.encode(payload))
             self.queue.append(Outgoing(event, payload, kind, size))
             self.bytes += size
         self._enforce_cap()

@@ -1,6 +1,6 @@
 """Timers for the arbiter loop: callbacks due at a monotonic time, fired by the loop itself.
 
-The loop sleeps on its inbox until the earliest timer is due, so a backoff, a boot deadline or
+The loop sleeps until the earliest timer is due, so a backoff, a boot deadline or
 a log batch's interval needs no thread of its own (DESIGN: one loop owns the state).
 """
 
