@@ -10,7 +10,7 @@ TEST_ADAPTORS := @openfn/language-common@3.3.4 @openfn/language-http@7.2.10 \
 	@openfn/language-collections@0.8.0
 export WORKER_REPO_DIR ?= $(REPO)
 
-.PHONY: all dev test lint test-node24 bench bench-executor soak clean setup
+.PHONY: all dev test lint test-node24 bench bench-executor bench-hotpath soak clean setup
 
 all: test
 
@@ -52,6 +52,10 @@ bench-executor: setup
 # end to end through `poolctl start` against the dev server (~10 min on 2 cores)
 bench: setup
 	$(BIN)/python -m pool.bench.e2e
+
+# the supervisor's CPU per run under the trivial workload, plain and batched, then a profile
+bench-hotpath: setup
+	$(BIN)/python -m pool.bench.hotpath
 
 # 10,000 trivial runs at size 2 (context, recycling on): RSS per block of 1,000 runs
 soak: setup

@@ -31,6 +31,7 @@ from pool.executor.environment import executor_env
 
 # executor → supervisor: the last message of an executor that could not boot (then exit 3)
 BOOT_FAILED = "boot-failed"
+READ_SIZE = 256 * 1024
 
 
 class ExecutorGone(Exception):
@@ -57,6 +58,7 @@ class ExecutorHandle:
         self.output_tail: collections.deque[str] = collections.deque(maxlen=50)
         self.boot_failure: str | None = None
         self._reader = protocol.FrameReader()
+        self._inbuf = bytearray(READ_SIZE)  # reused: a fresh large bytes per read is an mmap
         self._pending: collections.deque[dict[str, Any]] = collections.deque()
         self._eof = False
         self._on_output = on_output
@@ -138,15 +140,15 @@ class ExecutorHandle:
         """One read, for a caller that knows the socket is readable (an event loop): the whole
         messages that arrived, possibly none yet; None at EOF. ProtocolError on a bad frame."""
         try:
-            data = self.sock.recv(1 << 20)
+            size = self.sock.recv_into(self._inbuf)
         except BlockingIOError:
             return []
         except OSError:
-            data = b""
-        if not data:
+            size = 0
+        if not size:
             self._eof = True
             return None
-        messages = list(self._reader.feed(data))
+        messages = list(self._reader.feed(memoryview(self._inbuf)[:size]))
         for message in messages:
             if message.get("type") == BOOT_FAILED:
                 self.boot_failure = str(message.get("reason") or "boot failed")

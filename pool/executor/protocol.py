@@ -52,7 +52,7 @@ class FrameReader:
     def __init__(self) -> None:
         self._buf = bytearray()
 
-    def feed(self, data: bytes) -> Iterator[dict[str, Any]]:
+    def feed(self, data: bytes | memoryview) -> Iterator[dict[str, Any]]:
         self._buf += data
         while len(self._buf) >= HEADER.size:
             (length,) = HEADER.unpack_from(self._buf)

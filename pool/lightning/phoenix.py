@@ -27,8 +27,7 @@ import ssl
 import threading
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlsplit, urlunsplit
 
 import websocket
@@ -83,9 +82,9 @@ def build_socket_url(endpoint: str, token: str, worker_version: str) -> str:
     return urlunsplit((scheme, parts.netloc, path, query, ""))
 
 
-@dataclass(frozen=True)
-class Reply:
-    """How a push ended: ``ok`` or ``error`` (Lightning's reply) or ``timeout`` (no reply)."""
+class Reply(NamedTuple):
+    """How a push ended: ``ok`` or ``error`` (Lightning's reply) or ``timeout`` (no reply).
+    (A tuple: one is made per reply on the supervisor's hot path.)"""
 
     status: str
     response: Any = None
@@ -123,15 +122,19 @@ class Push:
     """One message sent to Lightning and the reply it gets; settled exactly once.
 
     Its timeout clock starts when it is made, even if it has to wait for a (re)join first.
-    ``decode`` turns an ok response into the value :meth:`result` returns.
+    ``decode`` turns an ok response into the value :meth:`result` returns. ``encoded`` is the
+    payload as compact JSON when the caller has it already (it sized the event), so it is not
+    encoded twice.
     """
 
     def __init__(self, topic: str, event: str, payload: Any, timeout: float,
                  callback: Callable[[Push], None] | None = None, resend: bool = True,
-                 decode: Callable[[Any], Any] | None = None) -> None:
+                 decode: Callable[[Any], Any] | None = None,
+                 encoded: str | None = None) -> None:
         self.topic = topic
         self.event = event
         self.payload = payload
+        self.encoded = encoded
         self.timeout = timeout
         self.deadline = time.monotonic() + timeout
         self.callback = callback
@@ -232,10 +235,12 @@ class Channel:
 
     def push(self, event: str, payload: Any = None, timeout: float | None = None,
              callback: Callable[[Push], None] | None = None, resend: bool = True,
-             decode: Callable[[Any], Any] | None = None) -> Push:
-        """Send ``event``; buffered while the channel is not joined (its clock still runs)."""
+             decode: Callable[[Any], Any] | None = None, encoded: str | None = None) -> Push:
+        """Send ``event``; buffered while the channel is not joined (its clock still runs).
+        ``encoded``: ``payload`` already as compact JSON."""
         push = Push(self.topic, event, payload if payload is not None else {},
-                    self.timeout if timeout is None else timeout, callback, resend, decode)
+                    self.timeout if timeout is None else timeout, callback, resend, decode,
+                    encoded)
         self.socket._post(("push", self, push))
         return push
 
@@ -290,6 +295,9 @@ class PhoenixSocket:
         # owned by the loop's thread:
         self._sock: socket.socket | None = None  # None while closed, or lost and not yet closed
         self._parser = FrameParser()
+        # recv_into one buffer: recv(256 KiB) had malloc map and unmap 256 KiB per read,
+        # which cost the supervisor more kernel time than the reads themselves
+        self._inbuf = bytearray(RECV_SIZE)
         self._out = bytearray()  # bytes the kernel would not take yet
         self._gen = 0
         self._ref = 0
@@ -545,19 +553,20 @@ class PhoenixSocket:
         """Read what has arrived (several frames at once, or part of a large one) and act on
         each whole message in order."""
         sock = self._sock
+        view = memoryview(self._inbuf)
         while sock is not None and sock is self._sock:
             try:
-                data = sock.recv(RECV_SIZE)
+                size = sock.recv_into(view)
             except _WOULD_BLOCK:
                 return
             except OSError as exc:
                 self._lose(f"connection error: {exc}")
                 return
-            if not data:
+            if not size:
                 self._lose("closed by Lightning")
                 return
             try:
-                frames = self._parser.feed(data)
+                frames = self._parser.feed(view[:size])
             except FrameError as exc:
                 self._lose(f"connection error: {exc}")
                 return
@@ -568,7 +577,7 @@ class PhoenixSocket:
                     self._on_ws_frame(opcode, payload)
                 except Exception:  # a bug here must not take the owner's loop down
                     log.exception("Lightning frame handling error (continuing)")
-            if len(data) < RECV_SIZE and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
+            if size < RECV_SIZE and not (isinstance(sock, ssl.SSLSocket) and sock.pending()):
                 return
 
     def _on_ws_frame(self, opcode: int, payload: bytes) -> None:
@@ -777,7 +786,11 @@ class PhoenixSocket:
     def _send_push(self, ch: Channel, push: Push) -> None:
         push.ref = self._next_ref()
         self._pending[push.ref] = push
-        self._send([ch.join_ref, push.ref, ch.topic, push.event, push.payload])
+        if push.encoded is None:
+            self._send([ch.join_ref, push.ref, ch.topic, push.event, push.payload])
+        elif self._sock is not None:
+            head = _FRAME_ENCODER.encode([ch.join_ref, push.ref, ch.topic, push.event])
+            self._write(encode_frame(f"{head[:-1]},{push.encoded}]"))
 
     def _leave(self, ch: Channel, push: Push) -> None:
         ch.wanted, ch.rejoin_at = False, None

@@ -76,9 +76,10 @@ class RunChannel:
         return self.channel.push("fetch:credential", {"id": credential_id}, callback=callback)
 
     # -- events ------------------------------------------------------------------------------
-    def send(self, event: str, payload: dict[str, Any], callback: Callback = None) -> Push:
+    def send(self, event: str, payload: dict[str, Any], callback: Callback = None,
+             encoded: str | None = None) -> Push:
         """Any run event, e.g. a pair from :class:`pool.lightning.payloads.RunEvents`."""
-        return self.channel.push(event, payload, callback=callback)
+        return self.channel.push(event, payload, callback=callback, encoded=encoded)
 
     def send_logs(self, logs: list[dict[str, Any]], callback: Callback = None) -> Push:
         """Several ``run:log`` payloads as one ``run:batch_logs``."""

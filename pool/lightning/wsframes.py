@@ -37,7 +37,7 @@ class FrameParser:
         self._parts: list[bytes] = []
         self._part_op: int | None = None
 
-    def feed(self, data: bytes) -> list[tuple[int, bytes]]:
+    def feed(self, data: bytes | memoryview) -> list[tuple[int, bytes]]:
         buf = self._buf
         buf += data
         out: list[tuple[int, bytes]] = []

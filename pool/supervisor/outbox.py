@@ -41,10 +41,11 @@ LINE = "line"  # a line the worker writes itself: a batch of its own
 LIFECYCLE = "lifecycle"
 LOG_EVENTS = (RUN_LOG, BATCH_LOGS)
 MB = 1024 * 1024
-# sizes each event for the cap; json.dumps(default=...) would build a new encoder per event
-_SIZER = json.JSONEncoder(ensure_ascii=False, default=str)
+# each event is encoded once, when queued: its size counts against the cap and the same text
+# goes into the frame (json.dumps with options would build a new encoder per event)
+_ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
-Send = Callable[[str, dict[str, Any], int], None]
+Send = Callable[[str, dict[str, Any], int, str | None], None]
 Count = Callable[..., None]
 
 
@@ -53,6 +54,7 @@ class Outgoing:
     event: str
     payload: dict[str, Any]
     kind: str
+    text: str | None  # the payload as sent; None once the payload changed after queueing
     size: int
 
 
@@ -61,6 +63,7 @@ class InFlight:
     items: list[Outgoing]
     event: str
     payload: dict[str, Any]
+    encoded: str | None = None  # ``payload`` as JSON, when it is one queued event unchanged
     resent: bool = False  # sent again after a timeout: an error reply now means it landed
     without_dataclip: bool = False
     await_rejoin: bool = False  # timed out while the socket was down: send after the rejoin
@@ -97,9 +100,9 @@ class Outbox:
         """Queue events in order; ``log_kind`` says whether their log lines may be batched."""
         for event, payload in events:
             kind = log_kind if event == RUN_LOG else LIFECYCLE
-            size = len(_SIZER.encode(payload))
-            self.queue.append(Outgoing(event, payload, kind, size))
-            self.bytes += size
+            text = _ENCODER.encode(payload)
+            self.queue.append(Outgoing(event, payload, kind, text, len(text)))
+            self.bytes += len(text)
         self._enforce_cap()
         self.pump()
 
@@ -120,8 +123,10 @@ class Outbox:
         for item in self.queue:
             if item.payload.get("input_dataclip_id") == dataclip_id:
                 del item.payload["input_dataclip_id"]
+                item.text = None
             if item.payload.get("final_dataclip_id") == dataclip_id:
                 del item.payload["final_dataclip_id"]
+                item.text = None
 
     def abandon(self, why: str) -> int:
         """Give up on everything not yet delivered (the run token expired); returns how many."""
@@ -146,11 +151,11 @@ class Outbox:
             return
         item = self._pop()
         if item.kind == LIFECYCLE:
-            self._start(InFlight([item], item.event, item.payload))
+            self._start(InFlight([item], item.event, item.payload, item.text))
         elif self.batch_logs:
             self._start(InFlight([item], BATCH_LOGS, batch_payload(self.run_id, [item.payload])))
         else:
-            self._start(InFlight([item], RUN_LOG, item.payload))
+            self._start(InFlight([item], RUN_LOG, item.payload, item.text))
 
     def _pump_batch(self) -> None:
         lines = 0
@@ -181,7 +186,7 @@ class Outbox:
 
     def _transmit(self, flight: InFlight) -> None:
         self.tag += 1
-        self._send(flight.event, flight.payload, self.tag)
+        self._send(flight.event, flight.payload, self.tag, flight.encoded)
 
     # -- replies ------------------------------------------------------------------------------
     def on_reply(self, tag: int, reply: Reply) -> None:
@@ -228,7 +233,7 @@ class Outbox:
         payload = dict(flight.payload)
         dataclip_id = payload.pop("output_dataclip_id")
         payload.pop("output_dataclip", None)
-        flight.payload, flight.without_dataclip = payload, True
+        flight.payload, flight.encoded, flight.without_dataclip = payload, None, True
         self._on_withhold(payload["step_id"], dataclip_id)
         self.scrub_dataclip(dataclip_id)
         self._transmit(flight)

@@ -210,9 +210,11 @@ class RunSession:
                                   "time_us": now_us()})
 
     # -- reporting ------------------------------------------------------------------------------
-    def _send_event(self, event: str, payload: dict[str, Any], tag: int) -> None:
+    def _send_event(self, event: str, payload: dict[str, Any], tag: int,
+                    encoded: str | None) -> None:
         self.channel.send(event, payload,
-                          callback=lambda push: self.post(("run_sent", self.run_id, tag, push)))
+                          callback=lambda push: self.post(("run_sent", self.run_id, tag, push)),
+                          encoded=encoded)
 
     def on_sent(self, tag: int, push: Push) -> None:
         assert push.reply is not None

@@ -23,6 +23,7 @@ from pool.lightning.payloads import (
     batch_payload,
     credential_error_message,
     dataclip_error_message,
+    surely_within,
     versions_banner,
 )
 
@@ -335,3 +336,14 @@ def test_fetch_failure_messages() -> None:
     }) == ('Failed to load credential abc: [fetch:credential] '
            '{"errors":{"id":["Credential not found!"]}}\n'
            "Failed to load credential %TIMEOUT%: [fetch:credential] timeout")
+
+
+def test_the_cheap_log_size_bound_never_lets_an_oversized_line_through() -> None:
+    """The bound that spares encoding short lines must never be below the real size."""
+    samples = [["\x01" * 1000], ["é" * 1000, 2**200, -(2**70), 1.5e308, None, True],
+               ['"\\' * 500], [""], []]
+    for message in samples:
+        size = len(json.dumps(message, ensure_ascii=False).encode())
+        assert not surely_within(message, size - 1), message
+    assert surely_within(["hello"], 1024 * 1024)
+    assert not surely_within([{"a": 1}], 1024 * 1024)  # objects are measured, not guessed
