@@ -67,6 +67,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import ssl
 import threading
 import time
 from typing import Any
@@ -93,9 +94,12 @@ class DevServer:
     def __init__(self, host: str = "127.0.0.1", port: int = 0, api_port: int | None = 0,
                  secret: str | None = None, private_key_b64: str | None = None,
                  run_token_lifetime_s: float | None = None, join_timeout_s: float = 30.0,
-                 idle_timeout_s: float = 60.0, record_frames: bool = True) -> None:
-        """``record_frames=False`` keeps ``frames`` empty: soak runs send millions of frames."""
+                 idle_timeout_s: float = 60.0, record_frames: bool = True,
+                 tls: ssl.SSLContext | None = None) -> None:
+        """``record_frames=False`` keeps ``frames`` empty: soak runs send millions of frames.
+        ``tls``: serve ``wss://`` with this server context (as Lightning behind TLS)."""
         self.host = host
+        self.tls = tls
         self.port = port
         self.api_port = api_port
         self.secret = secret or generate_secret()
@@ -140,7 +144,7 @@ class DevServer:
         self._stopping = self.core.loop.create_future()
         async with serve(self._handle, self.host, self.port, process_request=upgrade_checker(self.core),
                          max_size=MAX_FRAME_BYTES, ping_interval=None, close_timeout=2,
-                         compression="deflate") as server:
+                         compression="deflate", ssl=self.tls) as server:
             self.port = server.sockets[0].getsockname()[1]
             ready.set()
             await self._stopping
@@ -178,7 +182,8 @@ class DevServer:
     @property
     def url(self) -> str:
         """The worker's ``WORKER_LIGHTNING_SERVICE_URL``."""
-        return f"ws://{self._public_host}:{self.port}/worker"
+        scheme = "wss" if self.tls is not None else "ws"
+        return f"{scheme}://{self._public_host}:{self.port}/worker"
 
     @property
     def api_url(self) -> str:

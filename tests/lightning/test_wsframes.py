@@ -12,7 +12,9 @@ import uuid
 import pytest
 import websocket
 
+from pool.devserver.server import DevServer
 from pool.lightning.payloads import RunEvents
+from pool.lightning.phoenix import PhoenixSocket
 from pool.lightning.plan import RunDefaults, convert_plan
 from pool.lightning.queue_channel import QueueChannel
 from pool.lightning.run_channel import RunChannel
@@ -86,10 +88,14 @@ def test_broken_framing_is_an_error_not_a_guess(stream: bytes, error: str) -> No
 def test_multi_megabyte_messages_cross_the_socket_both_ways(server, connect) -> None:
     """An 8 MB dataclip arrives over many reads; an 8 MB step output leaves through partial
     writes (more than the kernel's socket buffer takes at once) without a byte out of place."""
+    run_big_messages(server, connect())
+
+
+def run_big_messages(server: DevServer, sock: PhoenixSocket) -> None:
+    """A run whose input dataclip and first step's output are 8 MB each, through ``sock``."""
     big_input = {"data": {"blob": "x" * 8_000_000}}
     run_id = server.enqueue(PLAN, credentials=CREDENTIALS, dataclips={"clip-demo": big_input},
                             wakeup=False)
-    sock = connect()
     queue = QueueChannel(sock, default_workloops(1))
     assert queue.join().wait(DEADLINE).ok
     [claimed] = queue.claim(1, None, ["manual", "*"]).result(DEADLINE)
