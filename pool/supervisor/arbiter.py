@@ -126,6 +126,7 @@ class Arbiter:
         self._stale = True  # something the snapshot shows changed since it was published
         self._reap_due = False  # a SIGCHLD came: some executor may have exited
         self._next_reap_at = 0.0
+        self._claim_due = 0.0  # when a backing-off workloop may claim next (inf: nothing due)
         self.socket = PhoenixSocket(config.socket_url, timeout=config.message_timeout,
                                     loop=self.loop,
                                     on_open=lambda: self.post(("socket_open",)),
@@ -191,7 +192,8 @@ class Arbiter:
                     self.manage_executors()  # also: a respawn held back by the guard
                 elif changed or self._stale:  # a run's replies and events alone never
                     self.manage_executors()      # change what the pool should look like
-                self.claim_runs(now)
+                if changed or self._stale or now >= self._claim_due:  # likewise
+                    self.claim_runs(now)
                 self.check_stop(now)
                 if self._stale:
                     self.publish_snapshot()
@@ -212,10 +214,8 @@ class Arbiter:
         if self.items:
             wait = 0.0
         else:
-            claim_due = (self.admission.next_claim_due(self.free_executors())
-                         if self.may_claim() else None)
-            due = [d for d in (self.timers.next_due(), claim_due, self._next_reap_at, socket_due)
-                   if d is not None]
+            due = [d for d in (self.timers.next_due(), self._claim_due, self._next_reap_at,
+                               socket_due) if d is not None]
             wait = max(0.0, min([MAX_SLEEP_S] + [d - time.monotonic() for d in due]))
         self.loop.run_once(wait)
         if time.monotonic() >= socket_due:
@@ -639,15 +639,21 @@ class Arbiter:
         return idle - len(self.waiting_for_executor)
 
     def claim_runs(self, now: float) -> None:
-        """Claim what the pool can start right now (admission.py has the rules)."""
+        """Claim what the pool can start right now (admission.py has the rules), and note when
+        a claim may next be due by time alone (a backoff ending): until then only a change —
+        an executor ready, a run finished, a reply — can make one due."""
+        self._claim_due = float("inf")
         if not self.may_claim():
             return
-        for index, demand in self.admission.plan_claims(self.free_executors(), now):
+        free = self.free_executors()
+        for index, demand in self.admission.plan_claims(free, now):
             loop = self.config.workloops[index]
             self.queue.claim(demand, self.config.worker_name, loop.queues,
                              callback=lambda push, i=index, d=demand: self.post(
                                  ("claim_replied", i, d, push)))
             self.count("claim_sent", workloop=loop.name)
+        due = self.admission.next_claim_due(free)  # claims reserve nothing until answered
+        self._claim_due = float("inf") if due is None else due
 
     def on_claim_replied(self, index: int, demand: int, push: Push) -> None:
         now = time.monotonic()
