@@ -181,11 +181,14 @@ class Push:
         if self.reply is not None:
             return False
         self.reply = reply
-        with _EVENT_LOCK:
-            if self._event is not None:
+        if self._event is not None:
+            with _EVENT_LOCK:
                 self._event.set()
         if self.callback is not None:
-            _safe_call(self.callback, self)
+            try:
+                self.callback(self)
+            except Exception:  # a caller's bug must not kill the socket's loop
+                log.exception("callback %r raised", self.callback)
         return True
 
 
@@ -413,7 +416,13 @@ class PhoenixSocket:
         kind = command[0]
         if self._stopped:
             return
-        if kind in ("join", "push", "leave"):
+        if kind == "push":  # the common case first: every run event is one
+            push = command[2]
+            if push.deadline < self._due:
+                self._due = push.deadline
+            self._push(command[1], push)
+            return
+        if kind in ("join", "leave"):
             self._arm(command[2].deadline)
         if kind == "connect":
             self._start_connect()
@@ -426,8 +435,6 @@ class PhoenixSocket:
                 self._on_closed(command[2])
         elif kind == "join":
             self._join(command[1], command[2])
-        elif kind == "push":
-            self._push(command[1], command[2])
         elif kind == "leave":
             self._leave(command[1], command[2])
         elif kind == "disconnect":
