@@ -489,6 +489,10 @@ class PhoenixSocket:
         for family, type_, proto, _name, address in infos:
             raw = socket.socket(family, type_, proto)
             raw.settimeout(self.connect_timeout)
+            # small request/reply frames: Nagle would hold one back for the last one's ACK
+            # (websocket-client sets this itself only on sockets it creates)
+            if family in (socket.AF_INET, socket.AF_INET6):
+                raw.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             try:
                 raw.connect(address)
             except OSError as exc:
