@@ -180,15 +180,11 @@ class Push:
     def _settle(self, reply: Reply) -> bool:
         if self.reply is not None:
             return False
-        self.reply = reply
+        self.reply = reply  # before looking for a waiter's Event: wait() looks in that order too
         if self._event is not None:
-            with _EVENT_LOCK:
-                self._event.set()
+            self._event.set()
         if self.callback is not None:
-            try:
-                self.callback(self)
-            except Exception:  # a caller's bug must not kill the socket's loop
-                log.exception("callback %r raised", self.callback)
+            _safe_call(self.callback, self)
         return True
 
 
@@ -416,13 +412,7 @@ class PhoenixSocket:
         kind = command[0]
         if self._stopped:
             return
-        if kind == "push":  # the common case first: every run event is one
-            push = command[2]
-            if push.deadline < self._due:
-                self._due = push.deadline
-            self._push(command[1], push)
-            return
-        if kind in ("join", "leave"):
+        if kind in ("join", "push", "leave"):
             self._arm(command[2].deadline)
         if kind == "connect":
             self._start_connect()
@@ -435,6 +425,8 @@ class PhoenixSocket:
                 self._on_closed(command[2])
         elif kind == "join":
             self._join(command[1], command[2])
+        elif kind == "push":
+            self._push(command[1], command[2])
         elif kind == "leave":
             self._leave(command[1], command[2])
         elif kind == "disconnect":

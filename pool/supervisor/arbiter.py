@@ -218,8 +218,7 @@ class Arbiter:
                                socket_due) if d is not None]
             wait = max(0.0, min([MAX_SLEEP_S] + [d - time.monotonic() for d in due]))
         self.loop.run_once(wait)
-        if time.monotonic() >= socket_due:
-            self.socket.fire_timers(time.monotonic())
+        self.socket.fire_timers(time.monotonic())  # returns at once unless something is due
         items = list(self.items)
         self.items.clear()
         return items
