@@ -245,8 +245,10 @@ class RunEvents:
             output_id = str(uuid.uuid4())
             payload["output_dataclip_id"] = output_id
             if self.output_dataclips:
+                # a step that returned nothing has state null: ws-worker sends `{}` for it
+                # (`event.state || {}`), so the run's final dataclip is `{}`, not null
                 payload["output_dataclip"] = (state_text if isinstance(state_text, str)
-                                              else json.dumps(state_text))
+                                              else json.dumps(state_text or {}))
         self.outputs[step_id] = output_id
         payload["reason"] = msg.get("reason") or "success"
         payload["error_type"] = msg.get("error_type")

@@ -29,6 +29,8 @@
  * - CHANGED: `$` as the object of a method call (`$.items.map(f)`) wraps the whole call
  *   (OpenFn wraps only the callee when the chain is longer than `$.fn`), and a top-level
  *   `$.fn()` statement is a compile error rather than a silent no-op arrow.
+ * - CHANGED: a destructured arrow parameter is called "the parameter" in the lazy-state error
+ *   (OpenFn prints `parameter "undefined"`); the message is otherwise OpenFn's.
  * - CHANGED: `_defer` is imported unless `_defer` is already bound by an import (OpenFn skips it
  *   whenever any `@openfn/runtime` import exists, leaving `_defer` undefined).
  * - NOT DONE: a one-line source ending in `.js` is not read as a file path; comments are not
@@ -86,7 +88,9 @@ export function compile(source, options = {}) {
 
 function parseJob(source, name) {
   try {
-    return parse(source, { sourceType: 'module', ecmaVersion: 'latest', allowHashBang: true, locations: true });
+    // OpenFn's compiler drops one trailing space before parsing; a syntax error at the end of
+    // the code then has the same column on both workers
+    return parse(source.replace(/ $/, ''), { sourceType: 'module', ecmaVersion: 'latest', allowHashBang: true, locations: true });
   } catch (e) {
     if (e instanceof SyntaxError && e.loc) throw new CompileError(name, e.message, e.loc, 'SyntaxError');
     throw e;

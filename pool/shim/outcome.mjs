@@ -67,10 +67,15 @@ export function leafOutcome(completed) {
   return { reason: 'success', error_type: null, error_message: null };
 }
 
+/**
+ * An error's message as ws-worker reports it: `error.message` as it is, even when empty (a job
+ * rejecting with a non-Error becomes a JobError with message "", and ws-worker sends ""), so
+ * only an error with no message at all is described some other way.
+ */
 export function messageOf(error) {
   if (error === undefined || error === null) return 'unknown error';
   if (typeof error === 'string') return error;
-  if (typeof error.message === 'string' && error.message) return error.message;
+  if (typeof error.message === 'string') return error.message;
   return String(error);
 }
 

@@ -92,7 +92,7 @@ export function createRunner(deps) {
     const started = Date.now();
     rtLog(run, 'info', 'Compiling all workflow steps...');
     for (const step of steps) {
-      if (typeof step.expression !== 'string') continue;
+      if (!hasCode(step)) continue;
       const t0 = Date.now();
       const stepName = step.name || step.id;
       const adaptors = [];
@@ -148,7 +148,7 @@ export function createRunner(deps) {
   function feed(run, producerStepId, next) {
     for (const jobId of next) {
       const target = run.stepsById[jobId];
-      if (target && typeof target.expression !== 'string') {
+      if (target && !hasCode(target)) {
         // a trigger passes its input through: its own targets are fed by the same producer
         feed(run, producerStepId, Object.keys(normaliseNext(target.next)));
         continue;
@@ -353,6 +353,15 @@ function linkerModules(adaptors) {
     modules[adaptor.name] ??= { path: adaptor.path, version: adaptor.version };
   }
   return modules;
+}
+
+/**
+ * Whether the runtime runs this step as a job. It skips a step whose expression is empty (as it
+ * skips a trigger: no step events, its input passes through), so an empty body is left
+ * uncompiled, as ws-worker leaves it, rather than compiled into a step of no operations.
+ */
+function hasCode(step) {
+  return typeof step.expression === 'string' && step.expression !== '';
 }
 
 function normaliseNext(next) {

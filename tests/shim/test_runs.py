@@ -118,6 +118,32 @@ def test_a_job_returning_nothing_ends_with_no_state(runner: Runner) -> None:
     assert result.complete["final_state"] is None
 
 
+def test_an_empty_body_runs_no_step_as_on_ws_worker(runner: Runner) -> None:
+    # the runtime runs a step only when its expression is truthy (execute/step.ts), and
+    # engine-multi compiles only such steps: ws-worker sends no step events for an empty body
+    # and its input passes through as the final state
+    result = runner.run([step("a", "")], input={})
+    assert result.reason == "success"
+    assert result.of("step-start") == [] and result.of("step-complete") == []
+    assert result.final == {}
+    # in a chain, the empty step passes its input on like a trigger
+    chained = runner.run([step("a", OK % "a", "b"), step("b", "", "c"), step("c", OK % "c")])
+    assert chained.ran() == ["a", "c"]
+    assert chained.of("step-start")[1]["input_from"] == chained.steps()["a"]["step_id"]
+    assert chained.final["data"]["ran"] == ["a", "c"]
+
+
+@pytest.mark.parametrize("body", ["fn(() => Promise.reject(42))", "fn(() => { throw {} })"])
+def test_a_non_error_rejection_fails_with_an_empty_message(runner: Runner, body: str) -> None:
+    # the runtime's JobError has message "" when what was thrown has none; ws-worker reports
+    # error.message as it is (api/reasons.ts)
+    result = runner.run([step("a", body)])
+    a = result.steps()["a"]
+    assert (a["reason"], a["error_type"], a["error_message"]) == ("fail", "JobError", "")
+    assert (result.reason, result.complete["error_type"],
+            result.complete["error_message"]) == ("fail", "JobError", "")
+
+
 def test_credentials_reach_the_job_and_leave_no_trace(runner: Runner) -> None:
     secret = "pw-Zx81"
     result = runner.run(

@@ -24,10 +24,14 @@ export class CompileError extends Error {
   }
 }
 
-/** A lazy-state misuse found by a pass; compile() turns it into a CompileError with the step. */
+/**
+ * A lazy-state misuse found by a pass; compile() turns it into a CompileError with the step.
+ * Worded as OpenFn's compiler words it (`Lazy State Error: Must be inside an operation`), so a
+ * user sees the same message on either worker.
+ */
 export class LazyStateError extends Error {
   constructor(reason, loc) {
-    super(`Lazy state ($) ${reason}`);
+    super(`Lazy State Error: ${reason}`);
     this.name = 'LazyStateError';
     this.pos = { line: loc.line, column: loc.column };
   }

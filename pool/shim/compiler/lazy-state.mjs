@@ -40,7 +40,7 @@ export function transformLazyState(program) {
     dollar.name = 'state';
     const argument = operationArgument(dollar, slots);
     if (argument.type === 'ArrowFunctionExpression') {
-      assertStateArrow(argument, dollar);
+      assertStateArrow(argument);
       continue;
     }
     const wrapper = arrow('state', argument);
@@ -65,23 +65,23 @@ function operationArgument(dollar, slots) {
         parent.callee.object.name === 'state';
       if (!methodCallOnChain && !stateMethodArgument) return last;
     } else if (isStatementLike(parent) || parent.type === 'Program') {
-      throw new LazyStateError('must be inside an operation', dollar.loc.start);
+      throw new LazyStateError('Must be inside an operation', dollar.loc.start);
     }
     last = parent;
   }
 }
 
-/** An existing arrow argument must be `state => ...`, or `$` would not mean the state. */
-function assertStateArrow(fn, dollar) {
+/**
+ * An existing arrow argument must be `state => ...`, or `$` would not mean the state. The
+ * error points at the arrow, with OpenFn's wording.
+ */
+function assertStateArrow(fn) {
   if (fn.params.length !== 1) {
-    throw new LazyStateError(
-      `must be in an operation argument that takes exactly one parameter named "state" (this function takes ${fn.params.length})`,
-      dollar.loc.start,
-    );
+    throw new LazyStateError('parent has wrong arity', fn.loc.start);
   }
   const [param] = fn.params;
   if (param.type !== 'Identifier' || param.name !== 'state') {
     const name = param.type === 'Identifier' ? param.name : 'the parameter';
-    throw new LazyStateError(`cannot be used here: parameter "${name}" should be called "state"`, dollar.loc.start);
+    throw new LazyStateError(`parameter "${name}" should be called "state"`, fn.loc.start);
   }
 }
