@@ -58,6 +58,31 @@ def parse_str(value: Any) -> str:
     return str(value)
 
 
+Check = Callable[[Any], "str | None"]
+
+
+def at_least(low: float) -> Check:
+    """A bound for a row: values below ``low`` are refused (with what was given)."""
+    def check(value: Any) -> str | None:
+        return None if value >= low else f"must be at least {low:g}, got {value:g}"
+    return check
+
+
+def above(low: float) -> Check:
+    """A bound for a row: values not above ``low`` are refused."""
+    def check(value: Any) -> str | None:
+        return None if value > low else f"must be above {low:g}, got {value:g}"
+    return check
+
+
+def between(low: float, high: float) -> Check:
+    """A bound for a row: values outside ``low``..``high`` (inclusive) are refused."""
+    def check(value: Any) -> str | None:
+        return None if low <= value <= high else \
+            f"must be between {low:g} and {high:g}, got {value:g}"
+    return check
+
+
 TYPE_NAMES: dict[Callable[[Any], Any], str] = {
     parse_bool: "BOOL",
     parse_list: "LIST",
@@ -79,11 +104,18 @@ class Setting:
     help: str
     commands: tuple[str, ...] = ("start",)
     secret: bool = False
+    # the values poolctl can use (None: any): refused where the settings are read, exit 2,
+    # rather than found later by an executor that boots and dies (issue 13)
+    check: Check | None = None
 
     @property
     def metavar(self) -> str:
         return TYPE_NAMES.get(self.type, "VALUE")
 
+
+# Below this a shim cannot boot and run even an empty job (measured: Node's heap limit at 8 MB
+# boots but every run is an OOMError; at 6 MB or less the shim dies while booting).
+MIN_RUN_MEMORY_MB = 32
 
 START = ("start",)
 RUNS = ("start", "execute", "bench", "tune")
@@ -101,22 +133,24 @@ SETTINGS: tuple[Setting, ...] = (
             "Base64 PEM public key that verifies run tokens (RS256); unset = not verified.",
             START),
     Setting("size", "--size", ("WORKER_CAPACITY",), parse_int, 5,
-            "Executors in the pool = runs at once (ws-worker's capacity).", START),
+            "Executors in the pool = runs at once (ws-worker's capacity).", START,
+            check=at_least(1)),
     Setting("workloops", "--workloops", ("WORKER_WORKLOOPS",), parse_str, None,
             "Queue preferences with slots, e.g. 'fast_lane:1 manual>*:4'; excludes --size.", START),
     Setting("backoff", "--backoff", ("WORKER_BACKOFF",), parse_str, "1/10",
             "min/max seconds between empty claims.", START),
     Setting("message_timeout", "--message-timeout",
             ("WORKER_MESSAGE_TIMEOUT_SECONDS", "WORKER_SOCKET_TIMEOUT_SECONDS"), parse_float, 30.0,
-            "Seconds to wait for Lightning's reply to a run-channel message.", START),
+            "Seconds to wait for Lightning's reply to a run-channel message.", START,
+            check=above(0)),
     Setting("claim_timeout", "--claim-timeout", ("WORKER_CLAIM_TIMEOUT_SECONDS",), parse_float,
-            3600.0, "Seconds to wait for a claim reply.", START),
+            3600.0, "Seconds to wait for a claim reply.", START, check=above(0)),
     Setting("batch_logs", "--batch-logs", ("WORKER_BATCH_LOGS",), parse_bool, False,
             "Send logs as run:batch_logs.", START),
     Setting("batch_interval", "--batch-interval", ("WORKER_BATCH_INTERVAL",), parse_int, 10,
-            "Milliseconds a log batch waits for more lines.", START),
+            "Milliseconds a log batch waits for more lines.", START, check=at_least(0)),
     Setting("batch_limit", "--batch-limit", ("WORKER_BATCH_LIMIT",), parse_int, 50,
-            "Most log lines in one batch.", START),
+            "Most log lines in one batch.", START, check=at_least(1)),
     Setting("worker_name", "--worker-name", ("WORKER_NAME", "DEPLOYED_POD_NAME"), parse_str, None,
             "worker_name sent with each claim.", START),
     Setting("collections_url", "--collections-url", ("WORKER_COLLECTIONS_URL",), parse_str, None,
@@ -125,7 +159,7 @@ SETTINGS: tuple[Setting, ...] = (
             parse_str, "latest", "Version of @openfn/language-collections given to jobs.", START),
     Setting("port", "--port", ("WORKER_PORT",), parse_int, 2222,
             "HTTP port for /livez, /readyz and /metrics (also keys the control socket).",
-            ("start", "status", "scale", "drain", "stop")),
+            ("start", "status", "scale", "drain", "stop"), check=between(0, 65535)),
     Setting("log_level", "--log", ("WORKER_LOG_LEVEL",), parse_str, "info",
             "Log level: debug, info, warn, error.", ("start", "execute", "dev-server", "install")),
     Setting("sentry_dsn", "--sentry-dsn", ("WORKER_SENTRY_DSN",), parse_str, None,
@@ -134,13 +168,14 @@ SETTINGS: tuple[Setting, ...] = (
             "Sentry environment name.", START),
     # --- run limits (ws-worker names and defaults) ---------------------------------------------
     Setting("max_run_duration", "--max-run-duration-seconds", ("WORKER_MAX_RUN_DURATION_SECONDS",),
-            parse_float, 300.0, "Default run timeout in seconds.", RUNS),
+            parse_float, 300.0, "Default run timeout in seconds.", RUNS, check=above(0)),
     Setting("run_memory_mb", "--run-memory", ("WORKER_MAX_RUN_MEMORY_MB",), parse_int, 500,
-            "Default run memory limit in MB (V8 heap and RSS growth).", RUNS),
+            "Default run memory limit in MB (V8 heap and RSS growth).", RUNS,
+            check=at_least(MIN_RUN_MEMORY_MB)),
     Setting("payload_mb", "--payload-memory", ("WORKER_MAX_PAYLOAD_MB",), parse_float, 10.0,
-            "Largest output state sent back, in MB.", RUNS),
+            "Largest output state sent back, in MB.", RUNS, check=above(0)),
     Setting("log_payload_mb", "--log-payload-memory", ("WORKER_MAX_LOG_PAYLOAD_MB",), parse_float,
-            1.0, "Largest log line sent back, in MB.", RUNS),
+            1.0, "Largest log line sent back, in MB.", RUNS, check=above(0)),
     Setting("state_props_to_remove", "--state-props-to-remove", ("WORKER_STATE_PROPS_TO_REMOVE",),
             parse_list, ["configuration", "response"],
             "Top-level state keys removed from every step's output.", RUNS),
@@ -150,9 +185,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("adaptors_offline", "--offline", ("WORKER_ADAPTORS_OFFLINE",), parse_bool, False,
             "Use only installed adaptors; never call npm.", REPO),
     Setting("install_timeout", "--install-timeout", ("WORKER_INSTALL_TIMEOUT_SECONDS",),
-            parse_float, 120.0, "Seconds one npm install may take.", REPO),
+            parse_float, 120.0, "Seconds one npm install may take.", REPO, check=above(0)),
     Setting("latest_ttl", "--latest-ttl", ("WORKER_LATEST_TTL_SECONDS",), parse_float, 3600.0,
-            "Seconds an @latest lookup is cached.", REPO),
+            "Seconds an @latest lookup is cached.", REPO, check=at_least(0)),
     Setting("prewarm_adaptors", "--prewarm", ("WORKER_PREWARM_ADAPTORS",), parse_list, [],
             "Adaptors each executor imports before its first run.", RUNS),
     # --- the pool (poolctl's own) -----------------------------------------------------------------
@@ -163,20 +198,21 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("env_allowlist", "--env-allowlist", ("WORKER_ENV_ALLOWLIST",), parse_list, [],
             "Extra environment variables passed to shims (beyond proxies, CA, TZ, LANG).", RUNS),
     Setting("recycle_runs", "--recycle-runs", ("WORKER_RECYCLE_RUNS",), parse_int, 500,
-            "context mode: replace a shim after this many runs (with jitter).", RUNS),
+            "context mode: replace a shim after this many runs (with jitter).", RUNS,
+            check=at_least(1)),
     Setting("recycle_jitter", "--recycle-jitter", ("WORKER_RECYCLE_JITTER",), parse_int, 50,
-            "Random extra runs added to --recycle-runs per shim.", RUNS),
+            "Random extra runs added to --recycle-runs per shim.", RUNS, check=at_least(0)),
     Setting("recycle_rss_mb", "--recycle-rss", ("WORKER_RECYCLE_RSS_MB",), parse_int, 400,
-            "Replace an idle shim whose RSS is above this many MB.", RUNS),
+            "Replace an idle shim whose RSS is above this many MB.", RUNS, check=at_least(1)),
     Setting("boot_timeout", "--boot-timeout", ("WORKER_BOOT_TIMEOUT_SECONDS",), parse_float, 60.0,
-            "Seconds an executor may take to report ready.", START),
+            "Seconds an executor may take to report ready.", START, check=above(0)),
     Setting("graceful_timeout", "--graceful-timeout", ("WORKER_GRACEFUL_TIMEOUT_SECONDS",),
             parse_float, None, "Seconds runs may take to finish on SIGTERM (default: max run "
-            "duration).", START),
+            "duration).", START, check=at_least(0)),
     Setting("outbox_cap_mb", "--outbox-cap-mb", ("WORKER_OUTBOX_CAP_MB",), parse_float, 64.0,
             "MB of one run's events kept while Lightning is slow or unreachable; above it, log "
             "lines are dropped (oldest first, counted and logged), never lifecycle events.",
-            START),
+            START, check=above(0)),
     Setting("control_socket", "--control-socket", ("WORKER_CONTROL_SOCKET",), parse_str, None,
             "Unix socket for status/scale/drain (default keyed by --port).",
             ("start", "status", "scale", "drain", "stop")),
@@ -265,11 +301,15 @@ def read_config_file(path: str | os.PathLike[str]) -> dict[str, Any]:
 def _convert(row: Setting, value: Any, source: str) -> Any:
     if value is None:
         return None
+    where = row.flag if source == "flag" else source
     try:
-        return row.type(value)
+        converted = row.type(value)
     except (TypeError, ValueError) as exc:
-        where = row.flag if source == "flag" else source
         raise SettingsError(f"{row.name} ({where}): {exc}") from None
+    problem = row.check(converted) if row.check is not None else None
+    if problem is not None:
+        raise SettingsError(f"{row.name} ({where}): {problem}")
+    return converted
 
 
 def load_settings(

@@ -70,6 +70,39 @@ def test_bad_values_name_the_setting_and_source(tmp_path) -> None:
         load_settings({}, env={}, config_path=tmp_path / "missing.toml")
 
 
+@pytest.mark.parametrize(("env", "value", "problem"), [
+    ("WORKER_MAX_RUN_MEMORY_MB", "0", "must be at least 32, got 0"),
+    ("WORKER_MAX_RUN_MEMORY_MB", "-5", "must be at least 32, got -5"),
+    ("WORKER_CAPACITY", "0", "must be at least 1, got 0"),
+    ("WORKER_MAX_PAYLOAD_MB", "0", "must be above 0, got 0"),
+    ("WORKER_MAX_LOG_PAYLOAD_MB", "-1", "must be above 0, got -1"),
+    ("WORKER_MAX_RUN_DURATION_SECONDS", "0", "must be above 0, got 0"),
+    ("WORKER_MESSAGE_TIMEOUT_SECONDS", "nan", "must be above 0, got nan"),
+    ("WORKER_BATCH_INTERVAL", "-1", "must be at least 0, got -1"),
+    ("WORKER_BATCH_LIMIT", "0", "must be at least 1, got 0"),
+    ("WORKER_PORT", "65536", "must be between 0 and 65535, got 65536"),
+    ("WORKER_RECYCLE_RUNS", "0", "must be at least 1, got 0"),
+    ("WORKER_BOOT_TIMEOUT_SECONDS", "0", "must be above 0, got 0"),
+    ("WORKER_GRACEFUL_TIMEOUT_SECONDS", "-1", "must be at least 0, got -1"),
+    ("WORKER_OUTBOX_CAP_MB", "0", "must be above 0, got 0"),
+])
+def test_values_out_of_a_settings_bounds_are_refused_naming_it(env: str, value: str,
+                                                              problem: str) -> None:
+    with pytest.raises(SettingsError, match=f"\\(env:{env}\\): {problem}$"):
+        load_settings({}, env={env: value})
+
+
+def test_bounds_hold_for_flags_and_config_files_too(tmp_path) -> None:
+    with pytest.raises(SettingsError, match=r"run_memory_mb \(--run-memory\): must be at least"):
+        load_settings({"run_memory_mb": "0"}, env={})
+    config = tmp_path / "poolctl.toml"
+    config.write_text("WORKER_MAX_RUN_MEMORY_MB = 0\n")
+    with pytest.raises(SettingsError, match=r"run_memory_mb \(file\): must be at least 32"):
+        load_settings({}, env={}, config_path=config)
+    edge = load_settings({"run_memory_mb": "32", "port": "0"}, env={})
+    assert (edge.run_memory_mb, edge.port) == (32, 0)
+
+
 def test_unsupported_ws_worker_variables_are_named_in_a_warning() -> None:
     s = load_settings({}, env={"WORKER_TIMEOUT_RETRY_COUNT": "3"})
     assert any("WORKER_TIMEOUT_RETRY_COUNT" in w for w in s.warnings)

@@ -1,9 +1,10 @@
 """``poolctl start``'s settings, checked once before anything starts.
 
-Every rule that would otherwise surface later as a confusing failure (a missing secret, an
-unreadable public key, ``--size`` together with ``WORKER_WORKLOOPS``, a malformed backoff) is
-checked here and becomes one line and exit code 2, so an operator fixes the setting instead of
-reading a traceback or watching a worker that never claims.
+A single value's bounds live in the settings table (``pool.settings``, checked as it is read).
+Every other rule that would otherwise surface later as a confusing failure (a missing secret,
+an unreadable public key, ``--size`` together with ``WORKER_WORKLOOPS``, a malformed backoff)
+is checked here and becomes one line and exit code 2, so an operator fixes the setting instead
+of reading a traceback or watching a worker that never claims.
 """
 
 from __future__ import annotations
@@ -106,15 +107,6 @@ def load_config(settings: Any) -> SupervisorConfig:
     if settings.isolation not in ISOLATION_MODES:
         raise StartupError(f"--isolation must be one of {', '.join(ISOLATION_MODES)}, "
                            f"got {settings.isolation!r}")
-    _check_positive("WORKER_MESSAGE_TIMEOUT_SECONDS", settings.message_timeout)
-    _check_positive("WORKER_CLAIM_TIMEOUT_SECONDS", settings.claim_timeout)
-    _check_positive("WORKER_MAX_RUN_DURATION_SECONDS", settings.max_run_duration)
-    _check_positive("WORKER_BOOT_TIMEOUT_SECONDS", settings.boot_timeout)
-    _check_positive("WORKER_BATCH_LIMIT", settings.batch_limit)
-    _check_positive("WORKER_OUTBOX_CAP_MB", settings.outbox_cap_mb)
-    if settings.batch_interval < 0:
-        raise StartupError(f"WORKER_BATCH_INTERVAL must not be negative, got "
-                           f"{settings.batch_interval}")
     collections = resolve_collections(settings)
     graceful = settings.graceful_timeout
     return SupervisorConfig(
@@ -164,7 +156,3 @@ def resolve_collections(settings: Any) -> Collections | None:
                 "run that uses collections resolves it itself")
     return Collections(settings.collections_url, version)
 
-
-def _check_positive(name: str, value: float) -> None:
-    if value <= 0:
-        raise StartupError(f"{name} must be above 0, got {value}")

@@ -38,6 +38,16 @@ def test_size_and_workloops_together_are_refused(start_pool) -> None:
     assert "exclude each other" in lines[0] and "env:WORKER_CAPACITY" in lines[0]
 
 
+def test_a_memory_limit_no_shim_can_run_in_is_refused_before_any_executor(start_pool) -> None:
+    # it used to boot executors, whose shims then died, and exit 3
+    pool = start_pool("--size", "2", env={"WORKER_MAX_RUN_MEMORY_MB": "0"})
+    code, lines = _finish(pool)
+    assert code == 2
+    assert lines[-1] == ("Error: run_memory_mb (env:WORKER_MAX_RUN_MEMORY_MB): must be at least "
+                         "32, got 0")
+    assert not any("spawned" in line or "Traceback" in line for line in lines)
+
+
 def test_an_executor_that_cannot_boot_stops_the_pool_with_exit_3(start_pool) -> None:
     pool = start_pool("--size", "2", "--node", "/nonexistent/node")
     code, lines = _finish(pool)
