@@ -6,17 +6,25 @@ executor is warm and the pool is not draining; otherwise 503 with the reason, so
 deploy waits for warm executors and a draining pod leaves the load balancer first.
 ``/metrics`` is the Prometheus exposition of the pool's own registry.
 
-The server runs on its own threads and only reads the published snapshot.
+The server runs on its own threads and only reads the published snapshot. It is open to the
+network, so what a client can hold is bounded: a connection that sends nothing for
+``IDLE_TIMEOUT_S`` is closed, and at most ``MAX_CONNECTIONS`` are open at once; a new one
+beyond that closes the oldest. Idle or slow clients therefore cannot take the process's file
+descriptors (which the control socket and the executors need too) or keep ``/readyz`` from
+answering.
 """
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import socket
+import sys
 import threading
 from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from typing import Any
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -25,6 +33,9 @@ from pool.supervisor.snapshot import PoolSnapshot
 
 log = logging.getLogger(__name__)
 
+MAX_CONNECTIONS = 32  # a probe or a scrape is one short request: far more than they need
+IDLE_TIMEOUT_S = 10.0  # seconds a connection may wait between two bytes of its request
+
 
 class HttpError(RuntimeError):
     """The HTTP server could not start; the message names the host, port and setting."""
@@ -32,8 +43,38 @@ class HttpError(RuntimeError):
 
 class _Server(ThreadingHTTPServer):
     daemon_threads = True
+    request_queue_size = 64  # the listen backlog
     snapshot: Callable[[], PoolSnapshot]
     metrics: PoolMetrics
+    idle_timeout: float = IDLE_TIMEOUT_S
+
+    def server_activate(self) -> None:
+        self._open: dict[socket.socket, None] = {}  # connections being served, oldest first
+        self._open_lock = threading.Lock()
+        super().server_activate()
+
+    def process_request(self, request: Any, client_address: Any) -> None:
+        """Serve ``request`` on its own thread, first dropping the oldest connections while
+        ``MAX_CONNECTIONS`` are open (their threads see the end of input and finish)."""
+        with self._open_lock:
+            while len(self._open) >= MAX_CONNECTIONS:
+                oldest = next(iter(self._open))
+                del self._open[oldest]
+                log.debug("http: %d connections open; dropping the oldest", MAX_CONNECTIONS)
+                with contextlib.suppress(OSError):
+                    oldest.shutdown(socket.SHUT_RDWR)
+            self._open[request] = None
+        super().process_request(request, client_address)
+
+    def shutdown_request(self, request: Any) -> None:
+        with self._open_lock:
+            self._open.pop(request, None)
+        super().shutdown_request(request)
+
+    def handle_error(self, request: Any, client_address: Any) -> None:
+        """A client that went away mid-reply is not an error of ours: one debug line."""
+        log.debug("http %s: connection ended early: %s", client_address[0],
+                  sys.exc_info()[1])
 
 
 class _V6Server(_Server):
@@ -43,6 +84,10 @@ class _V6Server(_Server):
 class _Handler(BaseHTTPRequestHandler):
     server: _Server
     server_version = "poolctl"
+
+    def setup(self) -> None:
+        self.timeout = self.server.idle_timeout  # the socket's timeout: idle or slow clients go
+        super().setup()
 
     def do_GET(self) -> None:  # noqa: N802 (http.server's naming)
         path = self.path.split("?", 1)[0]
@@ -77,7 +122,7 @@ class HealthServer:
     """``/livez``, ``/readyz`` and ``/metrics`` on a daemon thread until ``close``."""
 
     def __init__(self, host: str, port: int, snapshot: Callable[[], PoolSnapshot],
-                 metrics: PoolMetrics) -> None:
+                 metrics: PoolMetrics, idle_timeout: float = IDLE_TIMEOUT_S) -> None:
         server_class = _V6Server if ":" in host else _Server
         try:
             self._server = server_class((host, port), _Handler)
@@ -86,6 +131,7 @@ class HealthServer:
                             f"WORKER_PORT): {exc.strerror or exc}") from None
         self._server.snapshot = snapshot
         self._server.metrics = metrics
+        self._server.idle_timeout = idle_timeout
         self._thread = threading.Thread(target=self._server.serve_forever,
                                         kwargs={"poll_interval": 0.5}, name="http",
                                         daemon=True)

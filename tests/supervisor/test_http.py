@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import resource
 import socket
+import subprocess
+import sys
 import urllib.error
 import urllib.request
 from collections.abc import Iterator
@@ -12,9 +15,11 @@ from dataclasses import replace
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from pool.supervisor import http as http_module
 from pool.supervisor.http import HealthServer, HttpError
 from pool.supervisor.metrics import PoolMetrics
 from pool.supervisor.snapshot import ExecutorView, PoolSnapshot
+from tests.supervisor.conftest import ROOT, wait_until
 
 WARM = PoolSnapshot(executors=(ExecutorView(pid=1, state="idle"),
                                ExecutorView(pid=2, state="busy", run_id="r")),
@@ -112,3 +117,67 @@ def test_a_port_in_use_is_a_clear_error(published: Published, metrics: PoolMetri
         port = taken.getsockname()[1]
         with pytest.raises(HttpError, match=f"cannot serve HTTP on 127.0.0.1:{port}"):
             HealthServer("127.0.0.1", port, published, metrics)
+
+
+def test_an_idle_or_slow_connection_is_closed_after_the_idle_timeout(
+        published: Published, metrics: PoolMetrics) -> None:
+    server = HealthServer("127.0.0.1", 0, published, metrics, idle_timeout=0.3)
+    server.start()
+    try:
+        with socket.create_connection(("127.0.0.1", server.port), timeout=10) as idle, \
+                socket.create_connection(("127.0.0.1", server.port), timeout=10) as slow:
+            slow.sendall(b"GET /readyz HTTP/1.1\r\n")  # half a request, then nothing
+            assert idle.recv(1024) == b""  # closed by the server, well before our 10 s
+            assert slow.recv(1024) == b""
+    finally:
+        server.close()
+
+
+def test_connections_beyond_the_cap_close_the_oldest_and_requests_are_answered(
+        server: HealthServer) -> None:
+    held = [socket.create_connection(("127.0.0.1", server.port), timeout=10)
+            for _ in range(http_module.MAX_CONNECTIONS + 8)]
+    try:
+        assert get(server, "/readyz")[0] == 200
+        # the oldest ones were closed to make room
+        assert held[0].recv(1024) == b""
+    finally:
+        for conn in held:
+            conn.close()
+
+
+def test_idle_connections_under_a_low_fd_limit_leave_readyz_and_status_answering(
+        start_pool) -> None:
+    # issue 13: with 256 file descriptors, 249 idle connections made /readyz and
+    # `poolctl status` time out (a thread and a descriptor per connection, no bound)
+    pool = start_pool("--size", "1")
+    wait_until(lambda: readyz(pool.port) == 200, "the pool to be ready")
+    resource.prlimit(pool.proc.pid, resource.RLIMIT_NOFILE, (256, 256))
+    idle: list[socket.socket] = []
+    try:
+        for _ in range(300):
+            try:
+                idle.append(socket.create_connection(("127.0.0.1", pool.port), timeout=5))
+            except OSError:
+                break  # the old server stops accepting; what matters is what follows
+        assert readyz(pool.port) == 200
+        status = subprocess.run(
+            [sys.executable, str(ROOT / "bin" / "poolctl"), "status", "--port", str(pool.port)],
+            capture_output=True, text=True, timeout=60, cwd=ROOT)
+        assert status.returncode == 0, status.stderr
+        assert "idle" in status.stdout
+    finally:
+        for conn in idle:
+            conn.close()
+    assert pool.stop() == 0
+    assert "Traceback" not in pool.output
+
+
+def readyz(port: int) -> int | None:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+            return resp.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return None
