@@ -117,6 +117,8 @@ def answer(handle: PoolHandle, line: bytes) -> dict[str, Any]:
         request = json.loads(line)
     except ValueError:
         return {"ok": False, "error": "request is not valid JSON"}
+    except RecursionError:  # e.g. 60 KiB of "[": the decoder recurses once per level
+        return {"ok": False, "error": "request is nested too deeply to be a command"}
     if not isinstance(request, dict) or not isinstance(request.get("cmd"), str):
         return {"ok": False, "error": 'request must be a JSON object with a "cmd" string'}
     command = COMMANDS.get(request["cmd"])
@@ -178,29 +180,37 @@ class ControlServer:
                              daemon=True).start()
 
     def _converse(self, conn: socket.socket) -> None:
-        with conn:
-            uid = peer_uid(conn)
-            if not _trusted(uid):
-                log.warning("control socket: refused a connection from uid %d", uid)
-                _send(conn, {"ok": False, "error": f"permission denied: uid {uid} does not own "
-                                                  "this pool"})
+        """One client's requests until it hangs up; a client gone early is one debug line."""
+        try:
+            self._serve_client(conn)
+        except OSError as exc:
+            log.debug("control socket: client went away: %s", exc)
+        finally:
+            conn.close()
+
+    def _serve_client(self, conn: socket.socket) -> None:
+        uid = peer_uid(conn)
+        if not _trusted(uid):
+            log.warning("control socket: refused a connection from uid %d", uid)
+            _send(conn, {"ok": False, "error": f"permission denied: uid {uid} does not own "
+                                              "this pool"})
+            return
+        conn.settimeout(REPLY_TIMEOUT_S)
+        reader = conn.makefile("rb")
+        while True:
+            try:
+                line = reader.readline(MAX_REQUEST_BYTES + 1)
+            except (TimeoutError, OSError):
                 return
-            conn.settimeout(REPLY_TIMEOUT_S)
-            reader = conn.makefile("rb")
-            while True:
-                try:
-                    line = reader.readline(MAX_REQUEST_BYTES + 1)
-                except (TimeoutError, OSError):
-                    return
-                if not line:
-                    return
-                if len(line) > MAX_REQUEST_BYTES:
-                    _send(conn, {"ok": False, "error": "request longer than 64 KiB"})
-                    return
-                if not line.strip():
-                    continue
-                if not _send(conn, answer(self.handle, line)):
-                    return
+            if not line:
+                return
+            if len(line) > MAX_REQUEST_BYTES:
+                _send(conn, {"ok": False, "error": "request longer than 64 KiB"})
+                return
+            if not line.strip():
+                continue
+            if not _send(conn, answer(self.handle, line)):
+                return
 
 
 def _send(conn: socket.socket, reply: dict[str, Any]) -> bool:

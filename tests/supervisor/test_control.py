@@ -6,6 +6,7 @@ import json
 import os
 import socket
 import stat
+import struct
 import subprocess
 import tempfile
 import time
@@ -24,6 +25,7 @@ from pool.supervisor.control import (
 )
 from pool.supervisor.snapshot import ExecutorView, PoolSnapshot
 from pool.supervisor.status import render_status
+from tests.supervisor.conftest import wait_until
 from tests.supervisor.stub_pool import StubPool
 
 NOBODY = 65534
@@ -115,8 +117,46 @@ def test_bad_requests_get_error_replies_and_the_connection_survives(
                                                  "error": "request is not valid JSON"}
         s.sendall(b'["status"]\n')
         assert "JSON object" in json.loads(reader.readline())["error"]
+        s.sendall(b"[" * 60_000 + b"\n")
+        assert "nested too deeply" in json.loads(reader.readline())["error"]
         s.sendall(b'{"cmd": "status"}\n')
         assert json.loads(reader.readline())["ok"] is True
+
+
+def test_misbehaving_clients_of_a_real_pool_get_answers_and_leave_no_traceback(
+        start_pool) -> None:
+    # issue 13: deeply nested JSON got no reply and a RecursionError traceback; clients that
+    # hang up before the reply left BrokenPipe/ConnectionReset tracebacks in the log
+    pool = start_pool("--size", "1")
+    path = default_control_socket(pool.port)
+    wait_until(lambda: os.path.exists(path) and pool_answers(pool.port), "the pool to serve")
+    with socket.socket(socket.AF_UNIX) as s:
+        s.connect(path)
+        s.settimeout(10)
+        reader = s.makefile("rb")
+        s.sendall(b"[" * 60_000 + b"\n")
+        assert json.loads(reader.readline()) == {
+            "ok": False, "error": "request is nested too deeply to be a command"}
+        s.sendall(b'{"cmd": "status"}\n')  # and the connection still serves
+        assert json.loads(reader.readline())["ok"] is True
+    reset = struct.pack("ii", 1, 0)  # SO_LINGER 0: close with a reset, reply unread
+    for _ in range(5):
+        with socket.socket(socket.AF_UNIX) as early:
+            early.connect(path)
+            early.sendall(b'{"cmd": "status"}\n')
+        with socket.create_connection(("127.0.0.1", pool.port), timeout=10) as early:
+            early.setsockopt(socket.SOL_SOCKET, socket.SO_LINGER, reset)
+            early.sendall(b"GET /metrics HTTP/1.0\r\n\r\n")
+    assert pool_answers(pool.port)
+    assert pool.stop() == 0
+    assert "Traceback" not in pool.output and "Exception" not in pool.output, pool.output
+
+
+def pool_answers(port: int) -> bool:
+    try:
+        return request(default_control_socket(port), "status", timeout=10)["size"] == 1
+    except ControlError:
+        return False
 
 
 def test_a_live_socket_refuses_a_second_pool(server: ControlServer, pool: StubPool) -> None:
