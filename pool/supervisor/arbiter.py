@@ -42,7 +42,7 @@ from typing import Any
 
 from pool.eventloop import EventLoop
 from pool.executor.handle import BOOT_FAILED, ExecutorGone
-from pool.executor.protocol import EXIT_BOOT_FAILURE, READY, RECYCLED
+from pool.executor.protocol import EXIT_BOOT_FAILURE, READY, RECYCLED, RUN_COMPLETE
 from pool.lightning.phoenix import PhoenixSocket, Push, Reply
 from pool.lightning.queue_channel import QueueChannel
 from pool.lightning.tokens import RunTokenError
@@ -236,7 +236,7 @@ class Arbiter:
     def publish_snapshot(self) -> None:
         self._stale = False
         views = tuple(
-            ExecutorView(pid=s.pid, state=s.state, run_id=s.run_id, runs_done=s.runs_done,
+            ExecutorView(pid=s.pid, state=s.shown[0], run_id=s.shown[1], runs_done=s.runs_done,
                          started_at=s.started_at, shim_pid=s.ready.get("shim_pid"), id=s.id)
             for s in self.slots.values() if s.state != DEAD)
         self._snapshot = PoolSnapshot(
@@ -515,6 +515,8 @@ class Arbiter:
                             slot.id, kind, message.get("run_id"))
                 return
             session.on_executor_message(message)
+            if kind == RUN_COMPLETE:
+                slot.run_over = self._stale = True
             self.advance(session)
 
     def executor_ready(self, slot: ExecutorSlot, message: dict[str, Any]) -> None:
@@ -525,7 +527,7 @@ class Arbiter:
             return  # promised to a run already; nothing changes
         if slot.state == BUSY:
             slot.runs_done += 1
-        slot.run_id, slot.run_dispatched = None, False
+        slot.run_id, slot.run_dispatched, slot.run_over = None, False, False
         if slot.state == STOPPING:
             return
         slot.state = IDLE

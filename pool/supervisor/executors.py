@@ -5,7 +5,10 @@ A slot's ``state`` is the arbiter's truth about what that executor may be given:
 ``booting``   spawned, no ``ready`` yet (a boot deadline runs)
 ``idle``      ready, nobody's; admission counts it as free
 ``reserved``  promised to a claimed run that is still fetching (from the claim reply on)
-``busy``      running a dispatched run, until its next ``ready``
+``busy``      running a dispatched run, until its next ``ready``; once that run's
+              ``run-complete`` has come (``run_over``), the published view calls it
+              ``warming`` with no run: the run is over, the executor is getting its next shim
+              ready (strict mode boots a fresh one, ~0.6 s) and cannot be given work yet
 ``stopping``  asked to stop; not to be given work
 ``dead``      its process is gone (reaped); the slot is dropped
 
@@ -32,6 +35,7 @@ log = logging.getLogger(__name__)
 
 BOOTING, IDLE, RESERVED, BUSY, STOPPING, DEAD = (
     "booting", "idle", "reserved", "busy", "stopping", "dead")
+WARMING = "warming"  # a view of ``busy`` with ``run_over``, never a slot's state
 
 Post = Callable[[tuple[Any, ...]], None]
 
@@ -46,6 +50,7 @@ class ExecutorSlot:
     state: str = BOOTING
     run_id: str | None = None  # the run it is reserved for or running
     run_dispatched: bool = False  # the run message was sent; a death is that run's crash
+    run_over: bool = False  # busy, but its run's run-complete came: waiting for ``ready``
     runs_done: int = 0
     started_at: float = field(default_factory=time.time)
     ready: dict[str, Any] = field(default_factory=dict)
@@ -55,6 +60,14 @@ class ExecutorSlot:
     @property
     def pid(self) -> int:
         return self.handle.pid
+
+    @property
+    def shown(self) -> tuple[str, str | None]:
+        """State and run as status, /metrics and /readyz show them: a finished run is not
+        shown as running while the executor readies its next shim."""
+        if self.state == BUSY and self.run_over:
+            return WARMING, None
+        return self.state, self.run_id
 
 
 def spawn_slot(slot_id: int, init: dict[str, Any], boot_timeout: float, loop: EventLoop,

@@ -14,12 +14,13 @@ from concurrent.futures import Future
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
-WARM_STATES = ("idle", "reserved", "busy")
+WARM_STATES = ("idle", "reserved", "busy", "warming")
 
 
 @dataclass(frozen=True)
 class ExecutorView:
-    """One executor: ``state`` is booting | idle | reserved | busy | stopping."""
+    """One executor: ``state`` is booting | idle | reserved | busy | warming | stopping
+    (``warming``: its run is over, it is readying its next shim; see executors.py)."""
 
     pid: int
     state: str
@@ -46,7 +47,7 @@ class PoolSnapshot:
     def executors_by_state(self) -> dict[str, int]:
         counts = Counter(e.state for e in self.executors)
         return {state: counts.get(state, 0)
-                for state in ("booting", "idle", "reserved", "busy", "stopping")}
+                for state in ("booting", "idle", "reserved", "busy", "warming", "stopping")}
 
     def readiness(self) -> tuple[bool, str]:
         """Ready = queue joined, at least one warm executor, not draining; else why not."""

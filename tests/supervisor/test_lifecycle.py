@@ -12,6 +12,7 @@ import signal
 import subprocess
 import sys
 import tempfile
+import time
 import urllib.error
 import urllib.request
 from pathlib import Path
@@ -21,6 +22,7 @@ import psutil
 from prometheus_client.parser import text_string_to_metric_families
 
 from pool.devserver.server import DevServer
+from pool.supervisor.control import ControlError, default_control_socket, request
 from tests.supervisor.conftest import (
     COMMON,
     DEADLINE,
@@ -298,3 +300,30 @@ def test_runs_past_the_graceful_timeout_are_killed_and_reported(lightning: DevSe
     pool.proc.send_signal(signal.SIGTERM)
     assert pool.proc.wait(DEADLINE) == 0
     assert lightning.run(run_id)["reason"] == "kill"
+
+
+def test_a_strict_executor_never_shows_a_finished_run_as_running(lightning: DevServer,
+                                                                 start_pool) -> None:
+    # issue 13: after a run, a strict executor showed `busy` with that run's id for ~0.6 s
+    # (while it boots the fresh shim the next run gets); readiness stays 200 meanwhile
+    pool = start_pool("--size", "1", "--isolation", "strict")
+    path = default_control_socket(pool.port)
+    wait_until(lambda: _status(path), "the pool to serve status")
+    run_id = lightning.enqueue(plan(job("fn(s => s)")))
+    assert wait_run(lightning, run_id)["state"] == "success"
+    seen = []
+    end = time.monotonic() + 3.0  # well past the shim's boot
+    while time.monotonic() < end:
+        [executor] = _status(path)["executors"]
+        seen.append((executor["state"], executor["run_id"]))
+        assert http(pool, "/readyz")[0] == 200
+    assert not [s for s in seen if s[1] == run_id], seen[:5]
+    assert seen[-1] == ("idle", None)
+    assert pool.stop() == 0
+
+
+def _status(path: str) -> Any:
+    try:
+        return request(path, "status", timeout=10)
+    except ControlError:
+        return None
