@@ -23,7 +23,12 @@ EXAMPLE_PLAN = {
 
 
 def run_dev_server(host: str, port: int, api_port: int | None) -> int:
-    """Serve, print the worker's environment and the dev API's address, wait for a signal."""
+    """Serve, print the worker's environment and the dev API's address, wait for a signal.
+
+    stdout is line-buffered even when it is a pipe or a file, so a script that reads the
+    variables gets each line as soon as it is printed.
+    """
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]
     logging.basicConfig(level=logging.INFO, stream=sys.stderr,
                         format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     api_port = port + 1 if api_port is None else api_port

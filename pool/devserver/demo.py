@@ -74,6 +74,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--repeat", type=float, default=0,
                         help="enqueue the examples again every this many seconds (0: once)")
     args = parser.parse_args(argv)
+    sys.stdout.reconfigure(line_buffering=True)  # type: ignore[union-attr]  # piped: line by line
     stop = threading.Event()
 
     def on_signal(_signum: int, _frame: FrameType | None) -> None:
