@@ -11,20 +11,19 @@ the measuring and prints one screen.
 from __future__ import annotations
 
 import os
-import sys
 import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 
 import click
 import psutil
-from tqdm import tqdm
 
 from pool.bench import chart, table
 from pool.bench.config_file import write_config
 from pool.bench.measure import BenchError, Cell, measure
 from pool.bench.measurement import Measurement
 from pool.bench.pool_process import PoolFailed
+from pool.bench.progress import cell_bar, run_bar
 from pool.bench.recommend import TuneError, memory_cap, recommend, saturation
 from pool.bench.workloads import RunFileError, RunSpec, SlowHttpServer, load_run_file
 from pool.devserver.server import DevServer
@@ -87,8 +86,7 @@ def measure_all(settings: Settings, opts: TuneOptions, own: Sequence[RunSpec],
     plan = sizes(max_size)
     workload = "own" if own else "mix"
     with DevServer(record_frames=False) as server, SlowHttpServer() as http, \
-            tqdm(total=len(isolations) * len(plan), unit="cell", file=sys.stderr,
-                 dynamic_ncols=True) as bar:
+            cell_bar(len(isolations) * len(plan), "tune") as bar:
         for iso in isolations:
             mine: list[Measurement] = []
             for size in plan:
@@ -98,8 +96,7 @@ def measure_all(settings: Settings, opts: TuneOptions, own: Sequence[RunSpec],
                     break
                 bar.set_postfix_str(f"{iso}@{size}")
                 cell = Cell(iso, size, workload, runs=100_000, budget_s=budget_s)
-                with tqdm(unit="run", file=sys.stderr, leave=False, position=1,
-                          dynamic_ncols=True) as runs:
+                with run_bar("tune") as runs:
                     mine.append(measure(server, cell, settings.repo_dir, http.url, runs.update,
                                         extra=flags, log_dir=log_dir, own=own))
                 bar.update()

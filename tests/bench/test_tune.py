@@ -37,6 +37,11 @@ def test_quick_tune_writes_a_config_that_poolctl_start_runs_with(tmp_path: Path)
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
     assert "context@1 mix" in out and "context@2 mix" in out
+    # stderr is a pipe here, as in a log: progress in plain lines, no cursor escapes or
+    # carriage-return redraws (issue 13)
+    assert "\x1b[" not in done.stderr and "\r" not in done.stderr
+    assert "tune: measuring context@2 (cell 2 of 2)" in done.stderr
+    assert "tune: 2 of 2 cells done" in done.stderr
     assert "recommended: --size " in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     written = tomllib.loads(config.read_text())
