@@ -266,11 +266,12 @@ class Settings:
         sources = dict(self.sources) | {k: "flag" for k in overrides}
         return Settings(values, sources, list(self.warnings), self.config_path)
 
-    def describe(self) -> list[str]:
-        """One line per setting with its source; secrets are masked."""
+    def describe(self, set_only: bool = False) -> list[str]:
+        """One line per setting with its source (with ``set_only``, only those not left at
+        their default); secrets are masked."""
         lines = []
         for row in SETTINGS:
-            if row.name not in self.values:
+            if row.name not in self.values or (set_only and self.is_default(row.name)):
                 continue
             value = self.values[row.name]
             if row.secret and value:

@@ -108,6 +108,13 @@ def test_unsupported_ws_worker_variables_are_named_in_a_warning() -> None:
     assert any("WORKER_TIMEOUT_RETRY_COUNT" in w for w in s.warnings)
 
 
+def test_described_with_set_only_lists_only_what_is_not_a_default() -> None:
+    s = load_settings({"size": "3"}, env={"WORKER_BATCH_LIMIT": "7"}, command="start")
+    assert s.describe(set_only=True) == ["size=3 (flag)",
+                                         "batch_limit=7 (env:WORKER_BATCH_LIMIT)"]
+    assert "batch_logs=False (default)" in s.describe()
+
+
 def test_secrets_are_masked_when_described() -> None:
     s = load_settings({}, env={"WORKER_SECRET": "hunter2"}, command="start")
     text = "\n".join(s.describe())

@@ -814,8 +814,11 @@ def start_command(settings: Any) -> int:
         return getattr(exc, "exit_code", EXIT_SETTINGS)
     for warning in settings.warnings:
         log.warning("%s", warning)
+    # one line of what the operator set; every setting and its source at debug level
+    log.info("settings not at their defaults: %s", ", ".join(settings.describe(set_only=True))
+             or "none")
     for line in settings.describe():
-        log.info("setting %s", line)
+        log.debug("setting %s", line)
     arbiter = Arbiter(config, reload=settings_reloader(settings))
     try:
         with serve_observers(arbiter, settings):
