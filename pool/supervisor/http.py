@@ -72,9 +72,13 @@ class _Server(ThreadingHTTPServer):
         super().shutdown_request(request)
 
     def handle_error(self, request: Any, client_address: Any) -> None:
-        """A client that went away mid-reply is not an error of ours: one debug line."""
-        log.debug("http %s: connection ended early: %s", client_address[0],
-                  sys.exc_info()[1])
+        """A client that went away mid-reply is not an error of ours: one debug line. Any
+        other failure is logged with its traceback (socketserver would print it to stderr)."""
+        error = sys.exc_info()[1]
+        if isinstance(error, OSError):
+            log.debug("http %s: connection ended early: %s", client_address[0], error)
+        else:
+            log.exception("http %s: request failed", client_address[0])
 
 
 class _V6Server(_Server):
