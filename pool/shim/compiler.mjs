@@ -73,7 +73,9 @@ export function compile(source, options = {}) {
   try {
     transformLazyState(program);
   } catch (e) {
-    if (e instanceof LazyStateError) throw new CompileError(name, e.message, e.pos, 'LazyStateError');
+    if (e instanceof LazyStateError) {
+      throw new CompileError(name, e.message, reportedPosition(source, e.pos), 'LazyStateError');
+    }
     throw e;
   }
   transformPromises(program);
@@ -92,9 +94,37 @@ function parseJob(source, name) {
     // the code then has the same column on both workers
     return parse(source.replace(/ $/, ''), { sourceType: 'module', ecmaVersion: 'latest', allowHashBang: true, locations: true });
   } catch (e) {
-    if (e instanceof SyntaxError && e.loc) throw new CompileError(name, e.message, e.loc, 'SyntaxError');
+    if (e instanceof SyntaxError && e.loc) {
+      const reason = e.message.replace(/ \(\d+:\d+\)$/, ''); // acorn's own position, replaced
+      throw new CompileError(name, reason, reportedPosition(source, e.loc), 'SyntaxError');
+    }
     throw e;
   }
+}
+
+const TAB_WIDTH = 4; // recast's default
+
+/**
+ * A position in `source` as OpenFn reports it. OpenFn's parser (recast) rewrites each line's
+ * leading whitespace as spaces before acorn sees it: a tab advances to the next multiple of 4,
+ * `\v`, `\f`, `\r` and U+FEFF count nothing, any other whitespace one. So on a line indented
+ * with tabs ws-worker's columns are further right than acorn's on the raw code; the same shift
+ * here keeps the messages equal. Only the reported position changes, never the code.
+ */
+function reportedPosition(source, pos) {
+  const line = source.split(/\r\n?|\n|\u2028|\u2029/)[pos.line - 1] ?? '';
+  const lead = /^\s*/.exec(line)[0];
+  const within = Math.min(pos.column, lead.length);
+  return { line: pos.line, column: indentWidth(lead.slice(0, within)) + pos.column - within };
+}
+
+function indentWidth(spaces) {
+  let width = 0;
+  for (const ch of spaces) {
+    if (ch === '\t') width = (Math.floor(width / TAB_WIDTH) + 1) * TAB_WIDTH;
+    else if (!'\v\f\r\ufeff'.includes(ch)) width += 1;
+  }
+  return width;
 }
 
 function print(program, source, name) {

@@ -252,6 +252,20 @@ describe('compile errors', () => {
     });
   });
 
+  it('counts a leading tab as OpenFn does (recast expands it to the next 4-column stop)', () => {
+    const syntax = thrownBy(() => compile('fn(s => {\n\treturn s +;\n});', { name: 'x' }));
+    assert.equal(syntax.message, 'x: Unexpected token (2:14)');
+    assert.deepEqual([syntax.line, syntax.column], [2, 14]);
+    assert.throws(() => compile('fn(s => {\n  \t return s +;\n});', { name: 'x' }), {
+      message: 'x: Unexpected token (2:15)',
+    });
+    assert.throws(() => compile('\tconst x = $.data;', { name: 'x' }), {
+      message: 'x: Lazy State Error: Must be inside an operation (1:14)',
+    });
+    // a tab that is not leading whitespace is one column, as in OpenFn
+    assert.throws(() => compile('fn(s =>\ts +)', { name: 'x' }), { message: 'x: Unexpected token (1:11)' });
+  });
+
   it('uses "src" when no step name is given', () => {
     assert.throws(() => compile('fn(('), { message: /^src: Unexpected token \(1:4\)$/ });
   });
