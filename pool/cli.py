@@ -14,7 +14,14 @@ from typing import Any
 import click
 
 from pool import __version__
-from pool.settings import Settings, SettingsError, load_settings, parse_bool, rows_for
+from pool.settings import (
+    Settings,
+    SettingsError,
+    bound_help,
+    load_settings,
+    parse_bool,
+    rows_for,
+)
 
 
 def with_settings(command: str) -> Callable[[Callable[..., Any]], Callable[..., Any]]:
@@ -40,6 +47,7 @@ def with_settings(command: str) -> Callable[[Callable[..., Any]], Callable[..., 
         for row in reversed(rows):
             env = ", ".join(row.env)
             default = "" if row.default in (None, []) else f" [default: {row.default}]"
+            default += bound_help(row)
             help_text = f"{row.help}{default} (env: {env})" if env else row.help + default
             if row.type is parse_bool:
                 name = row.flag.lstrip("-")

@@ -58,29 +58,41 @@ def parse_str(value: Any) -> str:
     return str(value)
 
 
-Check = Callable[[Any], "str | None"]
+@dataclass(frozen=True)
+class Bound:
+    """The values a numeric row accepts: ``low`` (inclusive, or not with ``above``) up to
+    ``high`` (inclusive). Shown in ``--help``; a value outside is a SettingsError."""
+
+    low: float
+    high: float | None = None
+    above: bool = False
+
+    def problem(self, value: float) -> str | None:
+        """Why ``value`` is refused, or None."""
+        if self.high is not None and not self.low <= value <= self.high:
+            return f"must be between {self}, got {value:g}"
+        if self.above and not value > self.low:
+            return f"must be {self}, got {value:g}"
+        if not self.above and not value >= self.low:
+            return f"must be {self}, got {value:g}"
+        return None
+
+    def __str__(self) -> str:
+        if self.high is not None:
+            return f"{self.low:g} and {self.high:g}"
+        return f"{'above' if self.above else 'at least'} {self.low:g}"
 
 
-def at_least(low: float) -> Check:
-    """A bound for a row: values below ``low`` are refused (with what was given)."""
-    def check(value: Any) -> str | None:
-        return None if value >= low else f"must be at least {low:g}, got {value:g}"
-    return check
+def at_least(low: float) -> Bound:
+    return Bound(low)
 
 
-def above(low: float) -> Check:
-    """A bound for a row: values not above ``low`` are refused."""
-    def check(value: Any) -> str | None:
-        return None if value > low else f"must be above {low:g}, got {value:g}"
-    return check
+def above(low: float) -> Bound:
+    return Bound(low, above=True)
 
 
-def between(low: float, high: float) -> Check:
-    """A bound for a row: values outside ``low``..``high`` (inclusive) are refused."""
-    def check(value: Any) -> str | None:
-        return None if low <= value <= high else \
-            f"must be between {low:g} and {high:g}, got {value:g}"
-    return check
+def between(low: float, high: float) -> Bound:
+    return Bound(low, high)
 
 
 TYPE_NAMES: dict[Callable[[Any], Any], str] = {
@@ -106,7 +118,7 @@ class Setting:
     secret: bool = False
     # the values poolctl can use (None: any): refused where the settings are read, exit 2,
     # rather than found later by an executor that boots and dies (issue 13)
-    check: Check | None = None
+    check: Bound | None = None
 
     @property
     def metavar(self) -> str:
@@ -307,7 +319,7 @@ def _convert(row: Setting, value: Any, source: str) -> Any:
         converted = row.type(value)
     except (TypeError, ValueError) as exc:
         raise SettingsError(f"{row.name} ({where}): {exc}") from None
-    problem = row.check(converted) if row.check is not None else None
+    problem = row.check.problem(converted) if row.check is not None else None
     if problem is not None:
         raise SettingsError(f"{row.name} ({where}): {problem}")
     return converted
@@ -363,6 +375,7 @@ def render_help(command: str) -> str:
     lines = []
     for row in rows_for(command):
         default = "" if row.default is None else f" [default: {row.default}]"
+        default += bound_help(row)
         env = " / ".join(row.env)
         lines.append(f"{row.flag:<32} {env:<36} {row.help}{default}")
     return "\n".join(lines)
@@ -371,3 +384,10 @@ def render_help(command: str) -> str:
 def default_of(name: str) -> Any:
     """A setting's table default: the one place ws-worker's defaults are written down."""
     return BY_NAME[name].default
+
+
+def bound_help(row: Setting) -> str:
+    """`` [at least 32]`` for a row with bounds, for help texts; empty otherwise."""
+    if row.check is None:
+        return ""
+    return f" [{'between ' if row.check.high is not None else ''}{row.check}]"

@@ -128,6 +128,10 @@ def test_help_is_made_from_the_table() -> None:
         if "start" in row.commands:
             assert row.flag in result.output, row.flag
     assert "WORKER_MAX_RUN_MEMORY_MB" in result.output
+    # a row's bounds are shown with it (the help wraps lines: compare without them)
+    flat = " ".join(result.output.split())
+    assert "[default: 500] [at least 32] (env: WORKER_MAX_RUN_MEMORY_MB)" in flat
+    assert "[default: 2222] [between 0 and 65535]" in flat
 
 
 def test_bad_flag_value_is_a_usage_error_not_a_traceback() -> None:
