@@ -175,7 +175,7 @@ def test_idle_connections_under_a_low_fd_limit_leave_readyz_and_status_answering
 
 def readyz(port: int) -> int | None:
     try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=5) as resp:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=15) as resp:
             return resp.status
     except urllib.error.HTTPError as exc:
         return exc.code
