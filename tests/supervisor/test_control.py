@@ -10,6 +10,7 @@ import struct
 import subprocess
 import tempfile
 import time
+import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -129,7 +130,9 @@ def test_misbehaving_clients_of_a_real_pool_get_answers_and_leave_no_traceback(
     # hang up before the reply left BrokenPipe/ConnectionReset tracebacks in the log
     pool = start_pool("--size", "1")
     path = default_control_socket(pool.port)
-    wait_until(lambda: os.path.exists(path) and pool_answers(pool.port), "the pool to serve")
+    # the control socket comes up a moment before HTTP: wait for both
+    wait_until(lambda: os.path.exists(path) and pool_answers(pool.port) and http_up(pool.port),
+               "the pool to serve")
     with socket.socket(socket.AF_UNIX) as s:
         s.connect(path)
         s.settimeout(10)
@@ -150,6 +153,14 @@ def test_misbehaving_clients_of_a_real_pool_get_answers_and_leave_no_traceback(
     assert pool_answers(pool.port)
     assert pool.stop() == 0
     assert "Traceback" not in pool.output and "Exception" not in pool.output, pool.output
+
+
+def http_up(port: int) -> bool:
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=10) as resp:
+            return resp.status == 200
+    except OSError:
+        return False
 
 
 def pool_answers(port: int) -> bool:
