@@ -79,7 +79,7 @@ def load_config(settings: Any) -> SupervisorConfig:
     """Check ``settings`` (a ``pool.settings.Settings`` for ``start``); StartupError if unusable."""
     if not settings.secret:
         raise StartupError("WORKER_SECRET is not set: poolctl start needs Lightning's worker "
-                           "secret (--secret or WORKER_SECRET)")
+                           "secret (WORKER_SECRET_FILE, WORKER_SECRET or --secret-file)")
     try:
         if settings.workloops:
             if not settings.is_default("size"):
