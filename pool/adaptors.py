@@ -273,6 +273,7 @@ class AdaptorRepo:
     @staticmethod
     def _write_json_atomic(path: Path, data: Any) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the repo from shims of other uids
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2)
         os.replace(tmp, path)

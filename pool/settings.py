@@ -226,6 +226,9 @@ class Settings:
     sources: dict[str, str]
     warnings: list[str] = field(default_factory=list)
     config_path: str | None = None  # the --config file, read again on SIGHUP
+    # secrets the supervisor took out of its environment when it re-executed itself
+    # (pool/supervisor/handover.py): read as environment again on SIGHUP
+    handed_env: dict[str, str] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -243,7 +246,8 @@ class Settings:
         """A copy with some values replaced (marked as ``flag``): used by bench and tune."""
         values = dict(self.values) | overrides
         sources = dict(self.sources) | {k: "flag" for k in overrides}
-        return Settings(values, sources, list(self.warnings), self.config_path)
+        return Settings(values, sources, list(self.warnings), self.config_path,
+                        dict(self.handed_env))
 
     def describe(self) -> list[str]:
         """One line per setting with its source; secrets are masked."""

@@ -48,6 +48,7 @@ from pool.lightning.queue_channel import QueueChannel
 from pool.lightning.tokens import RunTokenError
 from pool.lightning.workloops import Workloop
 from pool.logs import LogSetupError, setup_logging
+from pool.settings import SettingsError
 from pool.supervisor.admission import Admission
 from pool.supervisor.config import EXIT_SETTINGS, StartupError, SupervisorConfig, load_config
 from pool.supervisor.executors import (
@@ -60,6 +61,12 @@ from pool.supervisor.executors import (
     ExecutorSlot,
     spawn_slot,
 )
+from pool.supervisor.handover import (
+    HandoverError,
+    handed_over,
+    receive_secrets,
+    reexec_without_secrets,
+)
 from pool.supervisor.observe import serve_observers, settings_reloader
 from pool.supervisor.respawn import RespawnGuard
 from pool.supervisor.scaling import resize
@@ -67,6 +74,7 @@ from pool.supervisor.session import DONE, REFUSED, RunSession
 from pool.supervisor.session import READY as SESSION_READY
 from pool.supervisor.snapshot import ExecutorView, PoolSnapshot
 from pool.supervisor.timers import Timers
+from pool.undumpable import make_undumpable
 
 log = logging.getLogger("pool.supervisor")
 
@@ -804,14 +812,24 @@ class Arbiter:
 def start_command(settings: Any) -> int:
     """``poolctl start``: check the settings, log where each came from, run the arbiter."""
     try:
+        # the secrets out of /proc/<pid>/environ and cmdline, and this process's memory out of
+        # reach of its uid's other processes (a job that escaped its vm), before anything starts
+        if handed_over():
+            settings = receive_secrets(settings)
+        else:
+            reexec_without_secrets(settings)
+        make_undumpable()
         config = load_config(settings)
         setup_logging(settings.log_level, settings.log_format, settings.sentry_dsn,
                       settings.sentry_env)
-    except (StartupError, LogSetupError) as exc:
+    except (StartupError, LogSetupError, HandoverError, SettingsError, OSError) as exc:
         print(f"poolctl start: {exc}", file=sys.stderr, flush=True)
         return getattr(exc, "exit_code", EXIT_SETTINGS)
     for warning in settings.warnings:
         log.warning("%s", warning)
+    if settings.handed_env:
+        log.info("re-executed without %s in the environment (handed over a pipe); not "
+                 "dumpable", ", ".join(sorted(settings.handed_env)))
     for line in settings.describe():
         log.info("setting %s", line)
     arbiter = Arbiter(config, reload=settings_reloader(settings))

@@ -8,6 +8,7 @@ that cannot be reached. They only read the arbiter's snapshot and submit command
 from __future__ import annotations
 
 import contextlib
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -43,13 +44,16 @@ def serve_observers(arbiter: Any, settings: Any) -> Iterator[PoolMetrics]:
 
 
 def settings_reloader(settings: Any) -> Callable[[], SupervisorConfig]:
-    """SIGHUP's reload: the same flags, the environment and the config file read again."""
+    """SIGHUP's reload: the same flags, the environment (with the secrets handed over at the
+    re-exec, pool/supervisor/handover.py), the config file and the ``*_FILE`` files read
+    again — rotating a secret is writing its file and sending SIGHUP."""
     flags = {name: value for name, value in settings.values.items()
              if settings.source(name) == "flag"}
 
     def reload() -> SupervisorConfig:
         try:
-            fresh = load_settings(flags, config_path=settings.config_path, command="start")
+            fresh = load_settings(flags, env={**os.environ, **settings.handed_env},
+                                  config_path=settings.config_path, command="start")
         except SettingsError as exc:
             raise StartupError(str(exc)) from None
         return load_config(fresh)

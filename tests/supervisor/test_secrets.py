@@ -1,0 +1,90 @@
+"""The worker secret out of reach of the pool's own uid: not in /proc/<pid>/environ or cmdline
+after start, supervisor and executors not dumpable (their memory unreadable by a process of the
+same uid), tried as a job that escaped its vm would: from another process of that uid."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+from pathlib import Path
+
+import psutil
+
+from pool.devserver.server import DevServer
+from tests.supervisor.conftest import HELLO_BODY, job, plan, wait_run, wait_until
+from tests.unprivileged import unprivileged
+
+ATTACK = """
+import json, sys
+out = {}
+for path in sys.argv[1:]:
+    try:
+        with open(path, "rb") as fh:
+            fh.read(4096) if not path.endswith("/mem") else fh.seek(0)
+        out[path] = "read"
+    except OSError as exc:
+        out[path] = type(exc).__name__
+print(json.dumps(out))
+"""
+
+
+def attack(*paths: str) -> dict[str, str]:
+    """Try to open (and read) each path from a fresh process of the pool's uid."""
+    user = unprivileged()
+    done = subprocess.run([user.python, "-c", ATTACK, *paths], capture_output=True,
+                          text=True, timeout=30, check=True, env=user.env(os.environ),
+                          **user.popen)
+    return json.loads(done.stdout)
+
+
+def test_a_secret_from_the_environment_leaves_the_supervisors_environ(
+        lightning: DevServer, start_pool) -> None:
+    pool = start_pool("--size", "1")
+    ready = wait_run(lightning, lightning.enqueue(plan(job(HELLO_BODY))))
+    assert ready["state"] == "success"  # the handed-over secret connects
+    secret = lightning.secret.encode()
+    environ = Path(f"/proc/{pool.proc.pid}/environ").read_bytes()  # we are root or the owner
+    assert b"WORKER_SECRET=" not in environ and secret not in environ
+    assert b"WORKER_REPO_DIR=" in environ  # the rest of the environment is kept
+    # the same pid: the executors are children of the process the operator started
+    assert {e.ppid() for e in pool.executors()} == {pool.proc.pid}
+    assert "re-executed without WORKER_SECRET in the environment" in pool.output
+    assert pool.stop() == 0
+
+
+def test_a_secret_given_as_a_flag_leaves_the_command_line(lightning: DevServer,
+                                                          start_pool) -> None:
+    env = {k: v for k, v in lightning.worker_env().items() if k != "WORKER_SECRET"}
+    pool = start_pool("--size", "1", "--secret", lightning.secret, with_lightning_env=False,
+                      env=env)
+    assert wait_run(lightning, lightning.enqueue(plan(job(HELLO_BODY))))["state"] == "success"
+    cmdline = psutil.Process(pool.proc.pid).cmdline()
+    assert lightning.secret not in " ".join(cmdline) and "--secret" not in cmdline
+    assert "--size" in cmdline  # the other flags are kept
+    assert pool.stop() == 0
+
+
+def test_supervisor_and_executor_memory_is_unreadable_by_their_own_uid(
+        lightning: DevServer, start_pool) -> None:
+    user = unprivileged()
+    pool = start_pool("--size", "1", user=user)
+    assert wait_run(lightning, lightning.enqueue(plan(job(HELLO_BODY))))["state"] == "success"
+    executor = wait_until(lambda: pool.executors(), "the executor")[0]
+    assert executor.uids().real == user.uid
+    targets = [f"/proc/{pid}/{what}" for pid in (pool.proc.pid, executor.pid)
+               for what in ("mem", "environ")]
+    # the attacker can read a dumpable process of the same uid: what the pool turned off
+    neighbour = subprocess.Popen([user.python, "-c", "import time; time.sleep(60)"],
+                                 env=user.env(os.environ), **user.popen)
+    try:
+        result = attack(*targets, f"/proc/{neighbour.pid}/environ", f"/proc/{neighbour.pid}/mem")
+    finally:
+        neighbour.kill()
+        neighbour.wait()
+    assert result[f"/proc/{neighbour.pid}/environ"] == "read", result
+    assert result[f"/proc/{neighbour.pid}/mem"] == "read", result
+    assert {path: result[path] for path in targets} == {path: "PermissionError"
+                                                        for path in targets}, result
+    assert wait_run(lightning, lightning.enqueue(plan(job(HELLO_BODY))))["state"] == "success"
+    assert pool.stop() == 0
