@@ -101,9 +101,9 @@ class Arbiter:
     thread (executors are spawned from it, so their ``PR_SET_PDEATHSIG`` stays armed)."""
 
     def __init__(self, config: SupervisorConfig,
-                 reload: Callable[[], SupervisorConfig] | None = None) -> None:
+                 reload: Callable[[str], SupervisorConfig] | None = None) -> None:
         self.config = config
-        self.reload = reload  # SIGHUP: settings read again (flags, env, config file)
+        self.reload = reload  # SIGHUP: settings read again (flags, env, config file, *_FILE)
         self.loop = EventLoop()
         self.items: deque[tuple[Any, ...]] = deque()  # appended to on the loop's thread only
         self.timers = Timers()
@@ -328,13 +328,14 @@ class Arbiter:
 
     def reload_pool(self) -> None:
         """SIGHUP: read the settings again, start a new generation of executors, retire the old
-        ones as they become idle (new ones first, so the pool never runs short)."""
+        ones as they become idle (new ones first, so the pool never runs short); reconnect
+        with the new worker secret if it changed (``rotate_secret``)."""
         if self.reload is None or self.draining:
             log.warning("SIGHUP ignored: %s", "stopping" if self.draining else "no settings "
                         "to reload")
             return
         try:
-            config = self.reload()
+            config = self.reload(self.config.worker_id)
         except StartupError as exc:
             log.error("SIGHUP: settings not reloaded, keeping the running ones: %s", exc)
             return
@@ -350,12 +351,33 @@ class Arbiter:
                 log.warning("SIGHUP: the size set live no longer fits (%s); using %d", exc,
                             sum(w.capacity for w in workloops))
                 self.live_size = None
-        self.config = replace(config, worker_id=self.config.worker_id,
-                              socket_url=self.config.socket_url)
+        rotated = config.secret_digest != self.config.secret_digest
+        if not rotated:  # the same token as before: a new iat alone is no reason to reconnect
+            config = replace(config, socket_url=self.config.socket_url)
+        keys_before = self.config.verifier.key_count
+        self.config = config
         self.apply_workloops(workloops)
+        if config.verifier.key_count != keys_before:
+            log.info("SIGHUP: run tokens are now verified with %d public key(s)",
+                     config.verifier.key_count)
+        if rotated:
+            self.rotate_secret()
         self.old_generation |= {s.id for s in self.slots.values() if s.state != DEAD}
         log.info("SIGHUP: settings reloaded; replacing %d executors (size %d)",
                  len(self.old_generation), self.size)
+
+    def rotate_secret(self) -> None:
+        """The worker secret changed: reconnect with a token signed by the new one. The runs
+        in progress lose nothing: their channels rejoin and unanswered events are resent, as
+        after any dropped connection."""
+        self.count("secret_rotated")
+        if not self._booted:  # not connected yet: the first connect uses the new url
+            self.socket.url = self.config.socket_url
+            log.info("SIGHUP: the worker secret changed")
+            return
+        log.info("SIGHUP: the worker secret changed; reconnecting to Lightning with it "
+                 "(%d runs in progress carry on)", len(self.sessions))
+        self.socket.reconnect(self.config.socket_url, "reconnecting with the new worker secret")
 
     def command_stop(self, graceful: bool = True) -> str:
         if graceful:

@@ -8,6 +8,7 @@ reading a traceback or watching a worker that never claims.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
@@ -50,6 +51,7 @@ class SupervisorConfig:
     """What the arbiter needs, derived from the resolved settings."""
 
     socket_url: str  # holds the worker token: never log it
+    secret_digest: str  # SHA-256 of the worker secret: tells SIGHUP whether it changed
     lightning_url: str
     worker_id: str
     worker_name: str | None
@@ -75,8 +77,11 @@ class SupervisorConfig:
         return sum(loop.capacity for loop in self.workloops)
 
 
-def load_config(settings: Any) -> SupervisorConfig:
-    """Check ``settings`` (a ``pool.settings.Settings`` for ``start``); StartupError if unusable."""
+def load_config(settings: Any, worker_id: str | None = None) -> SupervisorConfig:
+    """Check ``settings`` (a ``pool.settings.Settings`` for ``start``); StartupError if unusable.
+
+    ``worker_id``: keep this id (a reload) instead of making a new one.
+    """
     if not settings.secret:
         raise StartupError("WORKER_SECRET is not set: poolctl start needs Lightning's worker "
                            "secret (WORKER_SECRET_FILE, WORKER_SECRET or --secret-file)")
@@ -97,7 +102,7 @@ def load_config(settings: Any) -> SupervisorConfig:
         verifier = RunTokenVerifier(settings.lightning_public_key)
     except PublicKeyError as exc:
         raise StartupError(str(exc)) from None
-    worker_id = new_worker_id()
+    worker_id = worker_id or new_worker_id()
     try:
         url = build_socket_url(settings.lightning_url,
                                make_worker_token(settings.secret, worker_id), __version__)
@@ -119,6 +124,7 @@ def load_config(settings: Any) -> SupervisorConfig:
     graceful = settings.graceful_timeout
     return SupervisorConfig(
         socket_url=url,
+        secret_digest=hashlib.sha256(settings.secret.encode()).hexdigest(),
         lightning_url=settings.lightning_url,
         worker_id=worker_id,
         worker_name=settings.worker_name or None,

@@ -43,19 +43,19 @@ def serve_observers(arbiter: Any, settings: Any) -> Iterator[PoolMetrics]:
         control.close()
 
 
-def settings_reloader(settings: Any) -> Callable[[], SupervisorConfig]:
+def settings_reloader(settings: Any) -> Callable[[str], SupervisorConfig]:
     """SIGHUP's reload: the same flags, the environment (with the secrets handed over at the
     re-exec, pool/supervisor/handover.py), the config file and the ``*_FILE`` files read
     again — rotating a secret is writing its file and sending SIGHUP."""
     flags = {name: value for name, value in settings.values.items()
              if settings.source(name) == "flag"}
 
-    def reload() -> SupervisorConfig:
+    def reload(worker_id: str) -> SupervisorConfig:
         try:
             fresh = load_settings(flags, env={**os.environ, **settings.handed_env},
                                   config_path=settings.config_path, command="start")
         except SettingsError as exc:
             raise StartupError(str(exc)) from None
-        return load_config(fresh)
+        return load_config(fresh, worker_id)
 
     return reload

@@ -6,13 +6,24 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import subprocess
 from pathlib import Path
 
 import psutil
 
 from pool.devserver.server import DevServer
-from tests.supervisor.conftest import HELLO_BODY, job, plan, wait_run, wait_until
+from pool.lightning.tokens import generate_worker_keys
+from tests.supervisor.conftest import (
+    HELLO_BODY,
+    SLOW_BODY,
+    events,
+    job,
+    plan,
+    wait_run,
+    wait_until,
+)
+from tests.supervisor.test_lifecycle import status
 from tests.unprivileged import unprivileged
 
 ATTACK = """
@@ -87,4 +98,60 @@ def test_supervisor_and_executor_memory_is_unreadable_by_their_own_uid(
     assert {path: result[path] for path in targets} == {path: "PermissionError"
                                                         for path in targets}, result
     assert wait_run(lightning, lightning.enqueue(plan(job(HELLO_BODY))))["state"] == "success"
+    assert pool.stop() == 0
+
+
+def write_private(path: Path, text: str, mode: int = 0o600) -> None:
+    """Replace a file as an operator's tooling would (a new file renamed over the old)."""
+    tmp = path.with_suffix(".new")
+    tmp.write_text(text + "\n")
+    os.chmod(tmp, mode)
+    os.replace(tmp, path)
+
+
+def test_sighup_rotates_the_secret_with_runs_in_flight(lightning: DevServer, start_pool,
+                                                       tmp_path: Path) -> None:
+    secret_file = tmp_path / "worker-secret"
+    write_private(secret_file, lightning.secret)
+    env = {k: v for k, v in lightning.worker_env().items() if k != "WORKER_SECRET"}
+    pool = start_pool("--size", "2", with_lightning_env=False,
+                      env={**env, "WORKER_SECRET_FILE": str(secret_file)})
+    ids = [lightning.enqueue(plan(job(SLOW_BODY))) for _ in range(4)]
+    wait_until(lambda: sum("step:start" in events(lightning.run(i)) for i in ids) == 2,
+               "two runs to be running")
+    new = lightning.rotate_secret()  # Lightning now refuses new sockets signed with the old one
+
+    # a file anyone can read is refused on reload too: the pool keeps its running settings
+    write_private(secret_file, new, 0o644)
+    pool.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "SIGHUP: settings not reloaded" in pool.output, "the refused reload")
+    assert "every user can read the secret" in pool.output
+
+    write_private(secret_file, new)
+    pool.proc.send_signal(signal.SIGHUP)
+    runs = [wait_run(lightning, i) for i in ids]
+    assert [r["state"] for r in runs] == ["success"] * 4, [r["error_message"] for r in runs]
+    assert all(sum(e["event"] == "run:start" for e in r["events"]) == 1 for r in runs)
+    assert "the worker secret changed; reconnecting to Lightning with it" in pool.output
+    assert len(lightning.connections) == 2  # the second one signed with the new secret
+    assert [r for r in lightning.rejections if r["event"] == "connect"] == []
+    assert wait_run(lightning, lightning.enqueue(plan(job(HELLO_BODY))))["state"] == "success"
+    assert pool.stop() == 0
+
+
+def test_two_public_keys_in_a_file_verify_run_tokens_during_a_key_switch(
+        lightning: DevServer, start_pool, tmp_path: Path) -> None:
+    other = generate_worker_keys()["WORKER_LIGHTNING_PUBLIC_KEY"]
+    keys = tmp_path / "lightning-public-keys"
+    write_private(keys, f"{other},{lightning.public_key_b64}", 0o644)  # public: readable is fine
+    env = {k: v for k, v in lightning.worker_env().items() if k != "WORKER_LIGHTNING_PUBLIC_KEY"}
+    pool = start_pool("--size", "1", with_lightning_env=False,
+                      env={**env, "WORKER_LIGHTNING_PUBLIC_KEY_FILE": str(keys)})
+    assert wait_run(lightning, lightning.enqueue(plan(job(HELLO_BODY))))["state"] == "success"
+    write_private(keys, lightning.public_key_b64, 0o644)  # the switch is over: one key
+    pool.proc.send_signal(signal.SIGHUP)
+    wait_until(lambda: "run tokens are now verified with 1 public key(s)" in pool.output,
+               "the reload")
+    assert wait_run(lightning, lightning.enqueue(plan(job(HELLO_BODY))))["state"] == "success"
+    assert "run_token_refused" not in status(pool)["counters"]
     assert pool.stop() == 0
