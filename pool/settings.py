@@ -170,6 +170,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds an @latest lookup is cached.", REPO),
     Setting("prewarm_adaptors", "--prewarm", ("WORKER_PREWARM_ADAPTORS",), parse_list, [],
             "Adaptors each executor imports before its first run.", RUNS),
+    Setting("adaptor_allowlist", "--adaptor-allowlist", ("WORKER_ADAPTOR_ALLOWLIST",),
+            parse_list, [],
+            "Adaptors runs may use: names (any version) or name@version (that version only); "
+            "empty = every @openfn/* adaptor. A run naming another fails (AutoinstallError).",
+            RUNS),
     # --- the pool (poolctl's own) -----------------------------------------------------------------
     Setting("isolation", "--isolation", ("WORKER_ISOLATION",), parse_str, "strict",
             "strict | context | cold | noop: how runs are kept apart in an executor.", RUNS),

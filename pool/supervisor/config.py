@@ -13,7 +13,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from pool import __version__
-from pool.adaptors import TAGS, AdaptorError, AdaptorRepo
+from pool.adaptors import TAGS, AdaptorError, AdaptorRepo, Allowlist, parse_specifier
 from pool.executor.config import ISOLATION_MODES, init_message
 from pool.lightning.phoenix import build_socket_url
 from pool.lightning.plan import COLLECTIONS_ADAPTOR, Collections, RunDefaults
@@ -120,6 +120,7 @@ def load_config(settings: Any, worker_id: str | None = None) -> SupervisorConfig
     if settings.batch_interval < 0:
         raise StartupError(f"WORKER_BATCH_INTERVAL must not be negative, got "
                            f"{settings.batch_interval}")
+    check_allowlist(settings)
     collections = resolve_collections(settings)
     graceful = settings.graceful_timeout
     return SupervisorConfig(
@@ -145,6 +146,24 @@ def load_config(settings: Any, worker_id: str | None = None) -> SupervisorConfig
     )
 
 
+def check_allowlist(settings: Any) -> None:
+    """``WORKER_ADAPTOR_ALLOWLIST`` is readable, and permits what the pool itself loads: the
+    pre-warmed adaptors (else exit 2) and collections' (else a warning: those runs fail)."""
+    try:
+        allowed = Allowlist(settings.adaptor_allowlist)
+        for spec in settings.prewarm_adaptors:
+            name, version = parse_specifier(spec)
+            if not allowed.permits(name, None if version in TAGS else version):
+                raise StartupError(f"WORKER_PREWARM_ADAPTORS names {spec}, which "
+                                   "WORKER_ADAPTOR_ALLOWLIST does not permit")
+    except AdaptorError as exc:
+        raise StartupError(f"WORKER_ADAPTOR_ALLOWLIST: {exc}") from None
+    if settings.collections_url and not allowed.permits(COLLECTIONS_ADAPTOR):
+        settings.warnings.append(
+            f"WORKER_COLLECTIONS_URL is set but WORKER_ADAPTOR_ALLOWLIST does not permit "
+            f"{COLLECTIONS_ADAPTOR}: runs that use collections will fail")
+
+
 def resolve_collections(settings: Any) -> Collections | None:
     """Collections for jobs that use ``collections.``; None when ``WORKER_COLLECTIONS_URL`` is unset.
 
@@ -161,7 +180,8 @@ def resolve_collections(settings: Any) -> Collections | None:
     if version in TAGS:
         repo = AdaptorRepo(settings.repo_dir, offline=settings.adaptors_offline,
                            install_timeout=settings.install_timeout,
-                           latest_ttl=settings.latest_ttl)
+                           latest_ttl=settings.latest_ttl,
+                           allowlist=settings.adaptor_allowlist)
         try:
             version = repo.resolve(f"{COLLECTIONS_ADAPTOR}@{version}").version
         except AdaptorError as exc:
