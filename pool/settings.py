@@ -102,7 +102,7 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("secret", "--secret", ("WORKER_SECRET",), parse_str, None,
             "Shared secret that signs the worker token (HS256), used as-is.", START, secret=True),
     Setting("secret_file", "--secret-file", ("WORKER_SECRET_FILE",), parse_str, None,
-            "File holding WORKER_SECRET (owner-only mode: a file others may read is refused); "
+            "File holding WORKER_SECRET (mode 0600 or 0400: a file every user may read is refused); "
             "read again on SIGHUP.", START, file_of="secret"),
     Setting("lightning_public_key", "--lightning-public-key", ("WORKER_LIGHTNING_PUBLIC_KEY",),
             parse_str, None,
