@@ -155,3 +155,29 @@ def test_two_public_keys_in_a_file_verify_run_tokens_during_a_key_switch(
     assert wait_run(lightning, lightning.enqueue(plan(job(HELLO_BODY))))["state"] == "success"
     assert "run_token_refused" not in status(pool)["counters"]
     assert pool.stop() == 0
+
+
+def test_after_lightning_restarts_with_a_new_secret_sighup_brings_the_pool_back(
+        lightning: DevServer, start_pool, tmp_path: Path) -> None:
+    """Lightning went first: the old token is refused (401, retried with back-off) until the
+    pool is given the new secret; then it reconnects and reports its runs, each once."""
+    secret_file = tmp_path / "worker-secret"
+    write_private(secret_file, lightning.secret)
+    env = {k: v for k, v in lightning.worker_env().items() if k != "WORKER_SECRET"}
+    pool = start_pool("--size", "2", with_lightning_env=False,
+                      env={**env, "WORKER_SECRET_FILE": str(secret_file)})
+    ids = [lightning.enqueue(plan(job(SLOW_BODY))) for _ in range(2)]
+    wait_until(lambda: all("step:start" in events(lightning.run(i)) for i in ids),
+               "both runs to be running")
+    new = lightning.rotate_secret()
+    lightning.drop_sockets()  # as a restart would
+    wait_until(lambda: any(r["event"] == "connect" for r in lightning.rejections),
+               "the old secret to be refused")
+    write_private(secret_file, new)
+    pool.proc.send_signal(signal.SIGHUP)
+    runs = [wait_run(lightning, i) for i in ids]
+    assert [r["state"] for r in runs] == ["success"] * 2, [r["error_message"] for r in runs]
+    assert all(sum(e["event"] == "run:start" for e in r["events"]) == 1 for r in runs)
+    assert "HTTP 401 (check WORKER_SECRET)" in pool.output
+    assert wait_run(lightning, lightning.enqueue(plan(job(HELLO_BODY))))["state"] == "success"
+    assert pool.stop() == 0
