@@ -8,6 +8,7 @@ that cannot be reached. They only read the arbiter's snapshot and submit command
 from __future__ import annotations
 
 import contextlib
+import logging
 import os
 from collections.abc import Callable, Iterator
 from typing import Any
@@ -17,6 +18,8 @@ from pool.supervisor.config import StartupError, SupervisorConfig, load_config
 from pool.supervisor.control import ControlError, ControlServer, control_socket_path
 from pool.supervisor.http import HealthServer, HttpError
 from pool.supervisor.metrics import PoolMetrics
+
+log = logging.getLogger("pool.supervisor")
 
 
 @contextlib.contextmanager
@@ -56,6 +59,8 @@ def settings_reloader(settings: Any) -> Callable[[str], SupervisorConfig]:
                                   config_path=settings.config_path, command="start")
         except SettingsError as exc:
             raise StartupError(str(exc)) from None
+        for warning in fresh.warnings:  # e.g. a secret file that became group-readable
+            log.warning("SIGHUP: %s", warning)
         return load_config(fresh, worker_id)
 
     return reload
