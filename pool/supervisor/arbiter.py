@@ -48,7 +48,7 @@ from pool.lightning.queue_channel import QueueChannel
 from pool.lightning.tokens import RunTokenError
 from pool.lightning.workloops import Workloop
 from pool.logs import LogSetupError, setup_logging
-from pool.settings import SettingsError
+from pool.settings import SETTINGS, SettingsError
 from pool.supervisor.admission import Admission
 from pool.supervisor.config import EXIT_SETTINGS, StartupError, SupervisorConfig, load_config
 from pool.supervisor.executors import (
@@ -836,7 +836,8 @@ def start_command(settings: Any) -> int:
     try:
         # the secrets out of /proc/<pid>/environ and cmdline, and this process's memory out of
         # reach of its uid's other processes (a job that escaped its vm), before anything starts
-        if handed_over():
+        reexecuted = handed_over()
+        if reexecuted:
             settings = receive_secrets(settings)
         else:
             reexec_without_secrets(settings)
@@ -849,9 +850,11 @@ def start_command(settings: Any) -> int:
         return getattr(exc, "exit_code", EXIT_SETTINGS)
     for warning in settings.warnings:
         log.warning("%s", warning)
-    if settings.handed_env:
-        log.info("re-executed without %s in the environment (handed over a pipe); not "
-                 "dumpable", ", ".join(sorted(settings.handed_env)))
+    if reexecuted:
+        gone = [f"{name} in the environment" for name in sorted(settings.handed_env)] + [
+            f"{row.flag} on the command line" for row in SETTINGS
+            if row.secret and settings.values.get(row.name) and settings.source(row.name) == "flag"]
+        log.info("re-executed without %s (handed over a pipe); not dumpable", ", ".join(gone))
     for line in settings.describe():
         log.info("setting %s", line)
     arbiter = Arbiter(config, reload=settings_reloader(settings))

@@ -73,6 +73,7 @@ def test_a_secret_given_as_a_flag_leaves_the_command_line(lightning: DevServer,
     cmdline = psutil.Process(pool.proc.pid).cmdline()
     assert lightning.secret not in " ".join(cmdline) and "--secret" not in cmdline
     assert "--size" in cmdline  # the other flags are kept
+    assert "re-executed without --secret on the command line" in pool.output
     assert pool.stop() == 0
 
 
