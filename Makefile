@@ -10,7 +10,7 @@ TEST_ADAPTORS := @openfn/language-common@3.3.4 @openfn/language-http@7.2.10 \
 	@openfn/language-collections@0.8.0
 export WORKER_REPO_DIR ?= $(REPO)
 
-.PHONY: all dev test lint test-node24 bench bench-executor bench-hotpath soak clean setup
+.PHONY: all dev test lint test-node24 bench bench-executor bench-hotpath soak clean setup bwrap
 
 all: test
 
@@ -28,7 +28,11 @@ $(REPO)/.stamp: $(BIN)/.stamp Makefile
 	$(BIN)/poolctl install --repo-dir $(REPO) $(TEST_ADAPTORS)
 	touch $@
 
-setup: $(BIN)/.stamp $(SHIM)/node_modules/.stamp $(REPO)/.stamp
+# bubblewrap: npm's sandbox (pool/npm_sandbox.py); installed here when missing (as root, as CI is)
+bwrap:
+	command -v bwrap >/dev/null || (apt-get update -qq && apt-get install -y -qq bubblewrap)
+
+setup: bwrap $(BIN)/.stamp $(SHIM)/node_modules/.stamp $(REPO)/.stamp
 
 lint: $(BIN)/.stamp
 	$(BIN)/ruff check pool tests bin/poolctl

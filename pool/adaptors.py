@@ -32,14 +32,17 @@ import fcntl
 import json
 import os
 import re
+import shutil
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
+
+from pool.npm_sandbox import sandboxed
 
 ALLOWED_PREFIX = "@openfn/"
 LOCK_FILE = ".poolctl.lock"
@@ -95,6 +98,43 @@ def parse_specifier(specifier: str) -> tuple[str, str | None]:
     return name, version
 
 
+class Allowlist:
+    """The adaptors an operator permits on this worker (``WORKER_ADAPTOR_ALLOWLIST``).
+
+    An entry is a name (every version of it) or ``name@version`` (that exact version). Checked
+    when a run's adaptor is resolved, so a plan naming another adaptor fails its run before
+    anything is installed, with the same kind of error as a failed install.
+    """
+
+    def __init__(self, entries: Sequence[str]) -> None:
+        self.entries = tuple(entries)
+        self.names: set[str] = set()
+        self.versions: set[tuple[str, str]] = set()
+        for entry in self.entries:
+            name, version = parse_specifier(entry)  # AdaptorError for a bad entry
+            if version is None:
+                self.names.add(name)
+            elif version in TAGS:
+                raise AdaptorError(f"adaptor allowlist entry {entry!r}: name a version (1.2.3) "
+                                   "or no version at all, not a tag")
+            else:
+                self.versions.add((name, version))
+
+    def permits(self, name: str, version: str | None = None) -> bool:
+        """With no version: whether some version of ``name`` may be used."""
+        if not self.entries or name in self.names:
+            return True
+        if version is None:
+            return any(n == name for n, _ in self.versions)
+        return (name, version) in self.versions
+
+    def check(self, specifier: str, name: str, version: str | None = None) -> None:
+        if not self.permits(name, version):
+            what = f"{name}@{version}" if version else specifier
+            raise AdaptorError(f"Error installing {specifier}: {what} is not permitted on this "
+                               f"worker (WORKER_ADAPTOR_ALLOWLIST: {', '.join(self.entries)})")
+
+
 def semver_key(version: str) -> tuple[Any, ...]:
     """Sort key comparing versions as semver (7.10.0 > 7.9.0; 1.0.0 > 1.0.0-rc.1)."""
     m = SEMVER.match(version)
@@ -118,7 +158,11 @@ class AdaptorRepo:
     """A shared npm folder of adaptors in the ``name_version`` alias layout."""
 
     def __init__(self, repo_dir: str, offline: bool = False, install_timeout: float = 120,
-                 latest_ttl: float = 3600, npm: str = "npm") -> None:
+                 latest_ttl: float = 3600, npm: str = "npm",
+                 allowlist: Sequence[str] = ()) -> None:
+        """``allowlist``: the adaptors an operator permits (``name`` or ``name@version``);
+        empty permits every ``@openfn/*`` adaptor."""
+        self.allowlist = Allowlist(allowlist)
         self.repo_dir = Path(repo_dir).expanduser().absolute()
         self.offline = offline
         self.install_timeout = install_timeout
@@ -155,8 +199,10 @@ class AdaptorRepo:
     def resolve(self, specifier: str) -> Adaptor:
         """The installed adaptor for ``specifier``, installing it first if needed."""
         name, version = parse_specifier(specifier)
+        self.allowlist.check(specifier, name)  # before any npm lookup
         if version is None or version in TAGS:
             version = self._resolve_tag(name, version or "latest")
+        self.allowlist.check(specifier, name, version)
         if not self.is_installed(name, version):
             if self.offline:
                 have = ", ".join(self.installed_versions(name)) or "none"
@@ -247,8 +293,12 @@ class AdaptorRepo:
                                    f"{self.package_path(name, version)} is missing")
 
     def _run_npm(self, cmd: list[str], what: str) -> subprocess.CompletedProcess[str]:
-        env = dict(os.environ, npm_config_update_notifier="false")
+        """npm in its sandbox (pool/npm_sandbox.py): only the repo is writable to it."""
         self.repo_dir.mkdir(parents=True, exist_ok=True)
+        if shutil.which(cmd[0]) is None:
+            raise AdaptorError(f"Error {what}: npm not found ({self.npm})")
+        cmd, env = sandboxed(cmd, self.repo_dir,
+                             dict(os.environ, npm_config_update_notifier="false"))
         try:
             proc = subprocess.run(cmd, cwd=self.repo_dir, env=env, capture_output=True, text=True,
                                   timeout=self.install_timeout, stdin=subprocess.DEVNULL)
@@ -273,6 +323,7 @@ class AdaptorRepo:
     @staticmethod
     def _write_json_atomic(path: Path, data: Any) -> None:
         fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.")
+        os.fchmod(fd, 0o644)  # mkstemp's 0600 would hide the repo from shims of other uids
         with os.fdopen(fd, "w", encoding="utf-8") as fh:
             json.dump(data, fh, indent=2)
         os.replace(tmp, path)

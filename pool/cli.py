@@ -178,16 +178,22 @@ def stop(now: bool, settings: Settings) -> None:
               help="Write the recommendation as a config file for poolctl start --config.")
 @click.option("--plot", type=click.Path(dir_okay=False), default=None,
               help="Draw throughput and p95 against size into this PNG (needs matplotlib).")
+@click.option("--trusted", is_flag=True,
+              help="Every job on this Lightning is trusted (one organisation's own code): "
+                   "context, which keeps runs but not tenants apart, may then be recommended "
+                   "when strict is much slower.")
 @with_settings("tune")
 def tune(workflows: tuple[str, ...], plan_memory_mb: int | None, memory_budget: float | None,
          max_size: int | None, budget_seconds: float, quick: bool, write: str | None,
-         plot: str | None, settings: Settings) -> None:
-    """Measure this machine and recommend --size and --isolation (a real pool, a dev server)."""
+         plot: str | None, trusted: bool, settings: Settings) -> None:
+    """Measure this machine and recommend --size for strict, with context's figures beside it
+    (recommended only with --trusted): a real pool against a dev server."""
     from pool.bench.tune import TuneOptions, tune_command
 
     sys.exit(tune_command(settings, TuneOptions(
         workflows=workflows, run_memory_mb=plan_memory_mb, memory_budget_mb=memory_budget,
-        max_size=max_size, budget_s=budget_seconds, quick=quick, write=write, plot=plot)))
+        max_size=max_size, budget_s=budget_seconds, quick=quick, write=write, plot=plot,
+        trusted=trusted)))
 
 
 if __name__ == "__main__":

@@ -20,6 +20,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pool.secret_files import SecretFileError, read_setting_file
+
 
 class SettingsError(ValueError):
     """A setting has a value poolctl cannot use; the message names the setting and its source."""
@@ -119,6 +121,9 @@ class Setting:
     # the values poolctl can use (None: any): refused where the settings are read, exit 2,
     # rather than found later by an executor that boots and dies (issue 13)
     check: Bound | None = None
+    # a ``*_file`` row: its value is a path, and the file's content is the value of the
+    # setting named here (Docker's and Kubernetes' way of handing over a secret)
+    file_of: str | None = None
 
     @property
     def metavar(self) -> str:
@@ -140,10 +145,18 @@ SETTINGS: tuple[Setting, ...] = (
             "ws://localhost:4000/worker", "Lightning's worker socket endpoint.", START),
     Setting("secret", "--secret", ("WORKER_SECRET",), parse_str, None,
             "Shared secret that signs the worker token (HS256), used as-is.", START, secret=True),
+    Setting("secret_file", "--secret-file", ("WORKER_SECRET_FILE",), parse_str, None,
+            "File holding WORKER_SECRET (mode 0600 or 0400: a file every user may read is refused); "
+            "read again on SIGHUP.", START, file_of="secret"),
     Setting("lightning_public_key", "--lightning-public-key", ("WORKER_LIGHTNING_PUBLIC_KEY",),
             parse_str, None,
-            "Base64 PEM public key that verifies run tokens (RS256); unset = not verified.",
+            "Base64 PEM public key that verifies run tokens (RS256); unset = not verified. Two "
+            "keys, comma-separated, while Lightning switches keys: a token either verifies passes.",
             START),
+    Setting("lightning_public_key_file", "--lightning-public-key-file",
+            ("WORKER_LIGHTNING_PUBLIC_KEY_FILE",), parse_str, None,
+            "File holding WORKER_LIGHTNING_PUBLIC_KEY (not writable by others); read again on "
+            "SIGHUP.", START, file_of="lightning_public_key"),
     Setting("size", "--size", ("WORKER_CAPACITY",), parse_int, 5,
             "Executors in the pool = runs at once (ws-worker's capacity).", START,
             check=at_least(1)),
@@ -176,6 +189,8 @@ SETTINGS: tuple[Setting, ...] = (
             "Log level: debug, info, warn, error.", ("start", "execute", "dev-server", "install")),
     Setting("sentry_dsn", "--sentry-dsn", ("WORKER_SENTRY_DSN",), parse_str, None,
             "Send errors to Sentry.", START, secret=True),
+    Setting("sentry_dsn_file", "--sentry-dsn-file", ("WORKER_SENTRY_DSN_FILE",), parse_str, None,
+            "File holding WORKER_SENTRY_DSN (owner-only mode).", START, file_of="sentry_dsn"),
     Setting("sentry_env", "--sentry-env", ("WORKER_SENTRY_ENV",), parse_str, "dev",
             "Sentry environment name.", START),
     # --- run limits (ws-worker names and defaults) ---------------------------------------------
@@ -202,6 +217,11 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds an @latest lookup is cached.", REPO, check=at_least(0)),
     Setting("prewarm_adaptors", "--prewarm", ("WORKER_PREWARM_ADAPTORS",), parse_list, [],
             "Adaptors each executor imports before its first run.", RUNS),
+    Setting("adaptor_allowlist", "--adaptor-allowlist", ("WORKER_ADAPTOR_ALLOWLIST",),
+            parse_list, [],
+            "Adaptors runs may use: names (any version) or name@version (that version only); "
+            "empty = every @openfn/* adaptor. A run naming another fails (AutoinstallError).",
+            RUNS),
     # --- the pool (poolctl's own) -----------------------------------------------------------------
     Setting("isolation", "--isolation", ("WORKER_ISOLATION",), parse_str, "strict",
             "strict | context | cold | noop: how runs are kept apart in an executor.", RUNS),
@@ -259,6 +279,9 @@ class Settings:
     sources: dict[str, str]
     warnings: list[str] = field(default_factory=list)
     config_path: str | None = None  # the --config file, read again on SIGHUP
+    # secrets the supervisor took out of its environment when it re-executed itself
+    # (pool/supervisor/handover.py): read as environment again on SIGHUP
+    handed_env: dict[str, str] = field(default_factory=dict)
 
     def __getattr__(self, name: str) -> Any:
         try:
@@ -276,7 +299,8 @@ class Settings:
         """A copy with some values replaced (marked as ``flag``): used by bench and tune."""
         values = dict(self.values) | overrides
         sources = dict(self.sources) | {k: "flag" for k in overrides}
-        return Settings(values, sources, list(self.warnings), self.config_path)
+        return Settings(values, sources, list(self.warnings), self.config_path,
+                        dict(self.handed_env))
 
     def describe(self, set_only: bool = False) -> list[str]:
         """One line per setting with its source (with ``set_only``, only those not left at
@@ -362,8 +386,46 @@ def load_settings(
         for name, why in UNSUPPORTED_ENV.items()
         if env.get(name)
     ]
+    warnings += read_files(values, sources)
     return Settings(values, sources, warnings,
                     os.fspath(config_path) if config_path is not None else None)
+
+
+def _rank(source: str) -> int:
+    """flag 0 > env 1 > config file 2 > default 3: a ``*_file`` row competes on these levels."""
+    return SOURCES.index(source.split(":", 1)[0])
+
+
+def read_files(values: dict[str, Any], sources: dict[str, str]) -> list[str]:
+    """Fill the settings whose ``*_file`` row is set from their files (in place); warnings.
+
+    A value and its file compete like any two sources (the flag beats the environment, ...);
+    both given at the same level is ambiguous and refused. The source then reads like
+    ``env:WORKER_SECRET_FILE=/run/secrets/worker`` (or ``file:secret_file=...``), which names
+    the file, never the value.
+    """
+    warnings: list[str] = []
+    for row in SETTINGS:
+        path = values.get(row.name)
+        if row.file_of is None or row.file_of not in values or path is None:
+            continue
+        target = BY_NAME[row.file_of]
+        if _rank(sources[row.name]) == _rank(sources[target.name]):
+            raise SettingsError(
+                f"{target.name} is given twice, as {sources[target.name]} and as "
+                f"{sources[row.name]}: set only one of them")
+        if _rank(sources[row.name]) > _rank(sources[target.name]):
+            continue  # the value itself was given at a stronger level
+        try:
+            read = read_setting_file(str(path), target.env[0], target.secret)
+        except SecretFileError as exc:
+            raise SettingsError(str(exc)) from None
+        values[target.name] = _convert(target, read.value, sources[row.name])
+        origin = sources[row.name]
+        sources[target.name] = (f"{origin}={path}" if ":" in origin
+                                else f"{origin}:{row.name}={path}")
+        warnings += read.warnings
+    return warnings
 
 
 def rows_for(command: str) -> Iterable[Setting]:

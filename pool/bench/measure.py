@@ -125,5 +125,8 @@ def measure(server: DevServer, cell: Cell, repo_dir: str, http_url: str,
             except BenchError as exc:
                 raise pool.failed(f"{cell.isolation}@{cell.size}: {exc}") from None
             cpu1 = proctree.cpu(pool.pid)
+        if sampler.peak() is None and sampler.denied:
+            raise BenchError(f"{cell.isolation}@{cell.size}: the pool's memory could not be "
+                             f"read ({sampler.denied})")
         records = [server.run(run_id) for run_id in ids]
         return reduce(cell, records, cpu0, cpu1, sampler.peak())

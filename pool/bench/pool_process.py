@@ -17,6 +17,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from pool.bench import userns
 from pool.devserver.server import DevServer
 
 BOOT_TIMEOUT_S = 180.0
@@ -47,11 +48,13 @@ class PoolProcess:
         self.log_path = Path(log_dir) / f"poolctl-bench-{isolation}-{size}-{self.port}.log"
         chosen = [*(["--size", str(size)] if size else []),
                   *(["--isolation", isolation] if isolation else [])]
-        self.args = [sys.executable, *python_args, "-m", "pool.cli", "start", *chosen,
-                     "--port", str(self.port),
-                     "--http-host", "127.0.0.1",
-                     "--control-socket", str(Path(log_dir) / f"poolctl-bench-{self.port}.sock"),
-                     "--backoff", "0.05/0.5", "--log", "warn", *extra]
+        # not root: in a user namespace of our own, or the pool's memory could not be read
+        # (its processes are not dumpable; pool/bench/userns.py)
+        self.args = userns.wrap([
+            sys.executable, *python_args, "-m", "pool.cli", "start", *chosen,
+            "--port", str(self.port), "--http-host", "127.0.0.1",
+            "--control-socket", str(Path(log_dir) / f"poolctl-bench-{self.port}.sock"),
+            "--backoff", "0.05/0.5", "--log", "warn", *extra])
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
         self.env |= server.worker_env() | {"WORKER_REPO_DIR": repo_dir}
         self.proc: subprocess.Popen[bytes] | None = None

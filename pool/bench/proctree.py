@@ -45,12 +45,16 @@ def cpu(pid: int) -> CpuSample:
 
 
 def memory(pid: int) -> MemorySample:
-    """PSS (shared pages split between their users) and RSS, summed over the tree."""
+    """PSS (shared pages split between their users) and RSS, summed over the tree.
+
+    psutil.AccessDenied when a process of the tree cannot be read (it is not dumpable and we
+    hold no CAP_SYS_PTRACE over it): a sum without it would be a wrong figure, not a lower one.
+    """
     sup = psutil.Process(pid)
     info = sup.memory_full_info()
     sup_pss, rest_pss, rss, count = info.pss / MB, 0.0, info.rss / MB, 1
     for child in sup.children(recursive=True):
-        with contextlib.suppress(psutil.Error):
+        with contextlib.suppress(psutil.NoSuchProcess, psutil.ZombieProcess):
             child_info = child.memory_full_info()
             rest_pss += child_info.pss / MB
             rss += child_info.rss / MB
@@ -68,14 +72,19 @@ class MemorySampler:
         self.interval_s = interval_s
         self.progress = progress
         self.samples: list[tuple[int, MemorySample]] = []
+        self.denied: str | None = None  # why the memory could not be read, if it could not
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._loop, daemon=True, name="bench-memory")
 
     def _loop(self) -> None:
         while not self._stop.is_set():
-            with contextlib.suppress(psutil.Error):
+            try:
                 done = self.progress() if self.progress else 0
                 self.samples.append((done, memory(self.pid)))
+            except psutil.AccessDenied as exc:
+                self.denied = f"access to /proc/{exc.pid}/smaps_rollup denied"
+            except psutil.Error:
+                pass  # a process ended while being read: the next sample has the rest
             self._stop.wait(self.interval_s)
 
     def __enter__(self) -> MemorySampler:

@@ -13,9 +13,13 @@ The rules, each stated in the reasoning it prints:
   ``THROUGHPUT_GAIN`` of the best throughput wins; larger sizes only cost memory.
 * **Latency must hold.** A size whose claim→complete p95 is over ``LATENCY_FACTOR`` × the
   best p95 is saturated (runs queue for CPU inside the pool) and is not chosen.
-* **strict unless it costs too much.** ``strict`` (nothing of one run survives into the next)
-  is kept when it delivers ≥ ``STRICT_SHARE`` of ``context``'s throughput; else ``context``,
-  with its trade-off spelled out.
+* **strict, unless the jobs are trusted.** ``strict`` (a fresh shim per run, in the sandbox)
+  is what an operator of a shared Lightning needs: tenants' jobs are hostile to each other as
+  far as the worker knows, and ``context`` reuses one shim for run after run, so a job that
+  escapes its ``vm`` reaches the runs after it. Throughput alone never picks ``context``: it is
+  shown beside ``strict``, and recommended only when the operator says every job is trusted
+  (``--trusted``) *and* ``strict`` delivers less than ``STRICT_SHARE`` of its throughput — each
+  line says which of these decided.
 """
 
 from __future__ import annotations
@@ -28,7 +32,7 @@ from pool.bench.measurement import Measurement
 
 THROUGHPUT_GAIN = 0.10   # a bigger pool must add ≥ 10 % runs/s to be worth its memory
 LATENCY_FACTOR = 3.0     # p95 over 3× the best p95 = runs wait for CPU inside the pool
-STRICT_SHARE = 0.80      # keep strict if it reaches 80 % of context's throughput
+STRICT_SHARE = 0.80      # trusted jobs: keep strict if it reaches 80 % of context's throughput
 ISOLATION_PREFERENCE = ("strict", "context", "cold")  # safest first; noop runs no jobs
 
 
@@ -56,6 +60,7 @@ class Recommendation:
     isolation: str
     run_memory_mb: int
     lines: list[str] = field(default_factory=list)
+    trusted: bool = False  # --trusted: the operator said every job is trusted
 
     def settings(self) -> dict[str, int | str]:
         return {"size": self.size, "isolation": self.isolation,
@@ -137,8 +142,9 @@ def choose_size(points: list[Measurement], run_memory_mb: int, budget_mb: float)
 
 
 def recommend(points: Iterable[Measurement], run_memory_mb: int, budget_mb: float,
-              cores: int) -> Recommendation:
-    """Pick ``--size`` and ``--isolation``; ``TuneError`` when no executor fits the budget."""
+              cores: int, trusted: bool = False) -> Recommendation:
+    """Pick ``--size`` and ``--isolation``; ``TuneError`` when no executor fits the budget, or
+    when only ``context`` would and the jobs are not said to be trusted."""
     groups = by_isolation(p for p in points if p.failures == 0 and p.runs > 0)
     candidates = [iso for iso in ISOLATION_PREFERENCE if iso in groups]
     if not candidates:
@@ -155,7 +161,7 @@ def recommend(points: Iterable[Measurement], run_memory_mb: int, budget_mb: floa
             f"the memory budget of {budget_mb:.0f} MB cannot hold even one executor: it needs "
             f"{need:.0f} MB (supervisor {supervisor:.0f} + executor {smallest:.0f} + "
             f"{run_memory_mb} MB per run); raise --memory-budget or lower --run-memory-mb")
-    chosen = pick_isolation(fitting, lines)
+    chosen = pick_isolation(fitting, lines, trusted)
     if chosen.point is not None:
         cpu_s = (chosen.point.supervisor_cpu_ms + chosen.point.executors_cpu_ms) / 1000
         busy = chosen.point.runs_per_s * cpu_s
@@ -163,23 +169,50 @@ def recommend(points: Iterable[Measurement], run_memory_mb: int, budget_mb: floa
                      f"{busy:.1f} of {cores} cores busy ({cpu_s * 1000:.0f} ms CPU per run)")
     lines.append(f"recommended: --size {chosen.size} --isolation {chosen.isolation} "
                  f"--run-memory {run_memory_mb}")
-    return Recommendation(chosen.size, chosen.isolation, run_memory_mb, lines)
+    return Recommendation(chosen.size, chosen.isolation, run_memory_mb, lines, trusted)
 
 
-def pick_isolation(fitting: dict[str, Choice], lines: list[str]) -> Choice:
-    """strict unless context is much faster; appends the reason to ``lines``."""
+def pick_isolation(fitting: dict[str, Choice], lines: list[str], trusted: bool) -> Choice:
+    """strict, with context's figures beside it; context only for trusted jobs that strict
+    would slow down a lot. Appends the reason to ``lines``."""
     strict, context = fitting.get("strict"), fitting.get("context")
+    if context is not None and not trusted:
+        beside = _beside(strict, context)
+        if strict is None:
+            raise TuneError(
+                f"only context fits{beside}, and context is no isolation between tenants: a job "
+                "that escapes its vm reaches every later run in its shim. Measure strict (the "
+                "default; raise --memory-budget if it did not fit), or pass --trusted if every "
+                "job on this Lightning is trusted")
+        lines.append(f"isolation: strict, the mode for a shared Lightning (a fresh shim per "
+                     f"run: nothing of one tenant's run reaches the next){beside}; context "
+                     f"gives no isolation between tenants — pass --trusted only if every job "
+                     f"is trusted")
+        return strict
     if strict and context and strict.point and context.point:
         share = strict.point.runs_per_s / context.point.runs_per_s
         if share >= STRICT_SHARE:
             lines.append(f"isolation: strict reaches {share:.0%} of context's throughput: keep "
-                         f"strict (no state of one run reaches the next)")
+                         f"strict even for trusted jobs (no state of one run reaches the next)")
             return strict
-        lines.append(f"isolation: strict reaches only {share:.0%} of context's throughput: "
-                     f"context (a fresh vm context per step; adaptor dependencies and "
-                     f"process-level changes can leak between runs; trusted jobs only — "
-                     f"pass --isolation strict to tune for strict alone)")
+        lines.append(f"isolation: context, because the jobs are trusted (--trusted) and strict "
+                     f"reaches only {share:.0%} of context's throughput; context shares a "
+                     f"shim between runs: adaptor dependencies and process-level changes can "
+                     f"leak from one run to the next, so it is no isolation between tenants")
         return context
     chosen = fitting[next(iso for iso in ISOLATION_PREFERENCE if iso in fitting)]
-    lines.append(f"isolation: {chosen.isolation} (the only mode measured that fits)")
+    lines.append(f"isolation: {chosen.isolation} (the only mode measured that fits)"
+                 + (" — the jobs are trusted (--trusted)" if chosen.isolation == "context"
+                    else ""))
     return chosen
+
+
+def _beside(strict: Choice | None, context: Choice) -> str:
+    """What context would give, said next to strict's figures."""
+    if context.point is None:
+        return ""
+    text = (f"; context would give {context.point.runs_per_s:.1f} runs/s at size "
+            f"{context.size}")
+    if strict is not None and strict.point is not None and strict.point.runs_per_s > 0:
+        text += f" ({context.point.runs_per_s / strict.point.runs_per_s:.1f}x strict's)"
+    return text

@@ -1,7 +1,8 @@
 """``poolctl tune``: measure this machine and recommend ``--size`` and ``--isolation``.
 
 Starts an embedded dev server (and the mix's 50 ms HTTP server), then for each isolation
-mode (``context`` and ``strict``, or the one ``--isolation`` names) runs the built-in mix — or
+mode (``strict``, then ``context`` beside it, or the one ``--isolation`` names; ``context`` is
+recommended only with ``--trusted``) runs the built-in mix — or
 the operator's own ``--workflow`` run files — through a real ``poolctl start`` at sizes 1, 2,
 4, 8, ... until throughput stops growing, p95 latency or memory saturates, or the budget would
 not hold the next size. The judgement is ``pool.bench.recommend``'s; this module only drives
@@ -29,7 +30,9 @@ from pool.bench.workloads import RunFileError, RunSpec, SlowHttpServer, load_run
 from pool.devserver.server import DevServer
 from pool.settings import Settings, rows_for
 
-TUNED = ("context", "strict")  # cold is never faster, noop runs no jobs
+# strict is the mode tuned for; context is measured beside it (cold is never faster, noop runs
+# no jobs)
+TUNED = ("strict", "context")
 # settings passed on to every measured pool when the operator set them (size and isolation
 # are the tuned ones)
 PASSED_ON = tuple(row for row in rows_for("tune") if row.name not in ("isolation", "repo_dir"))
@@ -45,6 +48,7 @@ class TuneOptions:
     quick: bool = False                    # sizes 1 and 2, 4 s per cell: a smoke test
     write: str | None = None
     plot: str | None = None
+    trusted: bool = False                  # every job is trusted: context may be recommended
 
 
 def pool_flags(settings: Settings, run_memory_mb: int) -> list[str]:
@@ -132,7 +136,7 @@ def tune(settings: Settings, opts: TuneOptions) -> int:
         chart.draw(points, opts.plot, f"poolctl tune ({cores} cores)")
         click.echo(f"chart: {opts.plot}")
     try:
-        rec = recommend(points, run_memory_mb, budget_mb, cores)
+        rec = recommend(points, run_memory_mb, budget_mb, cores, trusted=opts.trusted)
     except TuneError as exc:
         click.echo(f"no recommendation: {exc}", err=True)
         return 1

@@ -10,7 +10,8 @@
                                           "event", "run_id"?, "times"?} | {"kind":
                                           "reply_error_on", "event", "response"?, ...} |
                                           {"kind": "hold_reply_on", "event", "seconds", ...} |
-                                          {"kind": "run_token_lifetime", "seconds"}
+                                          {"kind": "run_token_lifetime", "seconds"} |
+                                          {"kind": "rotate_secret", "secret", "accept_old"?}
     GET  /api/rejections                  every refusal so far, with its reason
 
 Malformed requests get 400 with the reason; unknown paths 404.
@@ -63,9 +64,14 @@ def _fault(server: DevServer, body: dict) -> None:
             if seconds is not None and (not isinstance(seconds, int | float) or seconds <= 0):
                 raise ValueError(f"seconds must be a positive number or null, got {seconds!r}")
             server.set_run_token_lifetime(seconds)
+        elif kind == "rotate_secret":
+            secret = body.get("secret")
+            if not isinstance(secret, str) or not secret:
+                raise ValueError("secret must be a non-empty string (the new WORKER_SECRET)")
+            server.rotate_secret(secret, bool(body.get("accept_old", False)))
         else:
             raise ValueError(f"unknown fault kind {kind!r}: drop_sockets, drop_socket_on, "
-                             "reply_error_on, hold_reply_on, run_token_lifetime")
+                             "reply_error_on, hold_reply_on, run_token_lifetime, rotate_secret")
     except (ValueError, TypeError) as exc:
         raise ApiError(HTTPStatus.BAD_REQUEST, str(exc)) from None
 

@@ -44,6 +44,18 @@ def _refuse(status: HTTPStatus, reason: str) -> Response:
     return Response(status.value, status.phrase, headers, body)
 
 
+def _verify_worker(token: str, secrets: list[str]) -> tuple[dict, tuple[HTTPStatus, str] | None]:
+    """The token's claims if any accepted secret signed it, else the refusal (the first
+    secret's reason: the current one)."""
+    reasons = []
+    for secret in secrets:
+        try:
+            return verify_worker_token(token, secret), None
+        except TokenRefused as exc:
+            reasons.append(str(exc))
+    return {}, (HTTPStatus.UNAUTHORIZED, f"Unauthorized: {reasons[0]}")
+
+
 def upgrade_checker(core: Core) -> Any:
     """``process_request`` for websockets: path, ``vsn=2.0.0`` and the worker token."""
 
@@ -61,10 +73,7 @@ def upgrade_checker(core: Core) -> Any:
                 f"vsn=2.0.0 is required (got vsn={params.get('vsn')!r}): this server speaks only "
                 "the Phoenix V2 serializer, which fetch:dataclip's binary reply needs")
         else:
-            try:
-                claims = verify_worker_token(params.get("token", ""), core.secret)
-            except TokenRefused as exc:
-                refusal = HTTPStatus.UNAUTHORIZED, f"Unauthorized: {exc}"
+            claims, refusal = _verify_worker(params.get("token", ""), core.accepted_secrets)
         if refusal is not None:
             log.warning("refused a worker connection (%s): %s", refusal[0].value, refusal[1])
             core.reject(None, None, "connect", {"path": url.path, "params": sorted(params)},

@@ -46,6 +46,9 @@ class Core:
     def __init__(self, secret: str, tokens: RunTokens, run_token_lifetime_s: float | None,
                  join_timeout_s: float, idle_timeout_s: float) -> None:
         self.secret = secret
+        # worker secrets a new socket's token may be signed with: the current one first, and
+        # the previous one while a rotation lets both in (rotate_secret)
+        self.accepted_secrets = [secret]
         self.tokens = tokens
         self.book = RunBook()
         self.faults = Faults()

@@ -261,6 +261,17 @@ class DevServer:
                       times: int = 1) -> None:
         self.core.faults.arm("hold", event, run_id, times, seconds=seconds)
 
+    def rotate_secret(self, secret: str | None = None, accept_old: bool = False) -> str:
+        """Switch to a new worker secret (generated if not given) and return it. Sockets open
+        now stay open (Lightning checks the token when a socket connects); new ones must sign
+        with the new secret — or either, with ``accept_old``, as a rolling switch would."""
+        new = secret or generate_secret()
+        old = self.core.secret
+        self.secret = self.core.secret = new
+        self.core.accepted_secrets = [new, old] if accept_old and old != new else [new]
+        log.info("worker secret rotated%s", " (the old one still accepted)" if accept_old else "")
+        return new
+
     def set_run_token_lifetime(self, seconds: float | None) -> None:
         """Run tokens minted from now on live ``seconds`` (None: Lightning's default)."""
         self.core.run_token_lifetime_s = seconds

@@ -21,6 +21,8 @@ import os
 import signal
 import sys
 
+from pool.undumpable import make_undumpable
+
 PR_SET_PDEATHSIG = 1
 
 
@@ -46,6 +48,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="the supervisor's pid: exit at once if it is already gone")
     args = parser.parse_args(argv)
+    # before any run's credentials arrive: a job escaped into a shim of the same uid must not
+    # read this process's memory (pool/undumpable.py)
+    make_undumpable()
     if not die_with_parent(args.parent_pid):
         return 0
     # Ctrl-C in a terminal reaches the whole group: the supervisor decides, not us

@@ -16,7 +16,7 @@ The ``init`` fields (extend, don't rename)::
     limits          {timeout_ms, memory_mb, payload_mb, log_payload_mb}: a run's defaults
     options         {state_props_to_remove, job_log_level, sanitize}: a run's defaults
     prewarm         adaptor specifiers every shim imports before its first run
-    adaptors        {offline, install_timeout, latest_ttl}: the adaptor repo's settings
+    adaptors        {offline, install_timeout, latest_ttl, allowlist}: the adaptor repo's settings
     boot_timeout    seconds a shim may take to report ready (and warm)
 """
 
@@ -90,6 +90,7 @@ class ExecutorConfig:
     install_timeout: float = 120.0
     latest_ttl: float = 3600.0
     boot_timeout: float = 60.0
+    allowlist: tuple[str, ...] = ()  # adaptors runs may use (empty: any @openfn/*)
 
     @staticmethod
     def from_message(message: dict[str, Any]) -> ExecutorConfig:
@@ -122,6 +123,7 @@ class ExecutorConfig:
                 install_timeout=float(adaptors.get("install_timeout", 120.0)),
                 latest_ttl=float(adaptors.get("latest_ttl", 3600.0)),
                 boot_timeout=float(message.get("boot_timeout", 60.0)),
+                allowlist=tuple(_strings(adaptors.get("allowlist"), "adaptors.allowlist")),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ConfigError):
@@ -155,7 +157,8 @@ def init_message(settings: Any, **overrides: Any) -> dict[str, Any]:
         "prewarm": list(settings.prewarm_adaptors),
         "adaptors": {"offline": settings.adaptors_offline,
                      "install_timeout": settings.install_timeout,
-                     "latest_ttl": settings.latest_ttl},
+                     "latest_ttl": settings.latest_ttl,
+                     "allowlist": list(getattr(settings, "adaptor_allowlist", []))},
         "boot_timeout": getattr(settings, "boot_timeout", 60.0),
     }
     message.update(overrides)

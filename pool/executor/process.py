@@ -61,7 +61,7 @@ class Executor:
         if self.config.isolation == "noop":
             return
         # imported here: noop mode must run where Node and the shim driver are absent
-        from pool.adaptors import AdaptorRepo
+        from pool.adaptors import AdaptorError, AdaptorRepo
         from pool.executor.environment import refused_names, shim_env
         from pool.executor.isolation import Cold, Context, ShimFactory, Strict
         from pool.executor.shim import ShimBootError, ShimExited
@@ -75,8 +75,12 @@ class Executor:
             print(f"executor: {name} is not passed to shims: WORKER_* variables never are",
                   file=sys.stderr, flush=True)
         self.home = tempfile.mkdtemp(prefix="poolctl-shim-home-")
-        self.repo = AdaptorRepo(cfg.repo_dir, offline=cfg.offline,
-                                install_timeout=cfg.install_timeout, latest_ttl=cfg.latest_ttl)
+        try:
+            self.repo = AdaptorRepo(cfg.repo_dir, offline=cfg.offline,
+                                    install_timeout=cfg.install_timeout,
+                                    latest_ttl=cfg.latest_ttl, allowlist=cfg.allowlist)
+        except AdaptorError as exc:
+            raise BootFailure(str(exc)) from None
         factory = ShimFactory(node, cfg.repo_dir, shim_env(os.environ, cfg.env_allowlist,
                                                            self.home),
                               self.repo, cfg.boot_timeout, cfg.prewarm)

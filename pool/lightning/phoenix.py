@@ -306,6 +306,7 @@ class PhoenixSocket:
         self._joins: dict[str, Channel] = {}
         self._reconnect_at: float | None = None
         self._reconnect_tries = 0
+        self._reconnect_now = False
         self._hb_ref: str | None = None
         self._hb_next = 0.0
         self._hb_answered = False
@@ -348,6 +349,12 @@ class PhoenixSocket:
         self._post(("disconnect",))
         if self._thread is not None:
             self._thread.join(timeout)
+
+    def reconnect(self, url: str, why: str) -> None:
+        """Connect again now, to ``url`` (a new worker token after the secret was rotated):
+        the open socket is closed as if lost, so every channel rejoins and every unanswered
+        push is resent on the new one, exactly as after a dropped connection."""
+        self._post(("reconnect", url, why))
 
     def _post(self, command: tuple[Any, ...]) -> None:
         """Run a command on the loop's thread: at once when called from it, else soon."""
@@ -431,6 +438,8 @@ class PhoenixSocket:
             self._leave(command[1], command[2])
         elif kind == "disconnect":
             self._shutdown()
+        elif kind == "reconnect":
+            self._reconnect(command[1], command[2])
 
     def _fire_timers(self, now: float) -> None:
         for ref, push in list(self._pending.items()):
@@ -537,6 +546,20 @@ class PhoenixSocket:
             if ch.wanted and ch.state != "leaving":
                 self._send_join(ch)
 
+    def _reconnect(self, url: str, why: str) -> None:
+        self.url = url
+        self._reconnect_tries = 0
+        if self._state == "open":
+            self._reconnect_now = True
+            self._lose(why)
+        elif self._state == "connecting":  # an attempt with the old url: let it go stale
+            self._gen += 1
+            self._state = "closed"
+            self._start_connect()
+        elif self._started:
+            self._reconnect_at = time.monotonic()
+            self._arm(self._reconnect_at)
+
     def _on_connect_failed(self, gen: int, message: str) -> None:
         if gen != self._gen:
             return
@@ -547,6 +570,8 @@ class PhoenixSocket:
 
     def _schedule_reconnect(self) -> float:
         delay = self.reconnect_delays[min(self._reconnect_tries, len(self.reconnect_delays) - 1)]
+        if self._reconnect_now:  # asked for (reconnect()), not a failure to back off from
+            self._reconnect_now, delay = False, 0.0
         self._reconnect_tries += 1
         self._reconnect_at = time.monotonic() + delay
         self._arm(self._reconnect_at)

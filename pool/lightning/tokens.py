@@ -106,41 +106,61 @@ def _warn_unverified_once() -> None:
         log.warning("WORKER_LIGHTNING_PUBLIC_KEY is not set: skipping run token validation")
 
 
+def split_public_keys(value: str) -> list[str]:
+    """One key or several: PEM blocks one after another, or base64 keys separated by commas.
+
+    Two keys are how a key switch works without refusing runs: Lightning signs with the old
+    key until it restarts with the new one, so the worker accepts both meanwhile.
+    """
+    text = value.strip()
+    if text.startswith("-----BEGIN"):
+        marker = "-----BEGIN"
+        return [marker + part for part in text.split(marker) if part.strip()]
+    return [part for part in (p.strip() for p in text.split(",")) if part]
+
+
 class RunTokenVerifier:
     """Checks run tokens the way ws-worker does: RS256 signature, ``iss``, ``exp``/``nbf``.
 
     It does not compare the token's ``id`` with the run: neither does ws-worker, and Lightning
     checks it again on the run channel join. With no key, tokens pass unverified and a warning
-    is logged once per process.
+    is logged once per process. With several keys (a key switch), a token passes when its
+    signature verifies with any of them; its claims are then checked as usual.
     """
 
     def __init__(self, public_key_b64: str | None) -> None:
-        self._key = load_public_key(public_key_b64) if public_key_b64 else None
+        self._keys = [load_public_key(key) for key in split_public_keys(public_key_b64 or "")]
 
     @property
     def enabled(self) -> bool:
-        return self._key is not None
+        return bool(self._keys)
+
+    @property
+    def key_count(self) -> int:
+        return len(self._keys)
 
     def verify(self, token: str) -> dict[str, Any] | None:
         """The token's claims, or ``None`` when verification is off; raises RunTokenError."""
-        if self._key is None:
+        if not self._keys:
             _warn_unverified_once()
             return None
-        try:
-            return jwt.decode(token, self._key, algorithms=["RS256"], issuer=RUN_TOKEN_ISSUER,
-                              leeway=RUN_TOKEN_LEEWAY_S, options={"require": ["iss"]})
-        except jwt.ExpiredSignatureError:
-            raise RunTokenError("run token has expired") from None
-        except jwt.ImmatureSignatureError:
-            raise RunTokenError("run token is not valid yet (nbf in the future)") from None
-        except jwt.InvalidIssuerError:
-            raise RunTokenError(f"run token issuer is not {RUN_TOKEN_ISSUER!r}") from None
-        except jwt.InvalidSignatureError:
-            raise RunTokenError(
-                "run token signature does not match WORKER_LIGHTNING_PUBLIC_KEY"
-            ) from None
-        except jwt.PyJWTError as exc:
-            raise RunTokenError(f"run token is invalid: {exc}") from None
+        for key in self._keys:
+            try:
+                return jwt.decode(token, key, algorithms=["RS256"], issuer=RUN_TOKEN_ISSUER,
+                                  leeway=RUN_TOKEN_LEEWAY_S, options={"require": ["iss"]})
+            except jwt.InvalidSignatureError:
+                continue  # perhaps signed with the other key of a switch
+            except jwt.ExpiredSignatureError:
+                raise RunTokenError("run token has expired") from None
+            except jwt.ImmatureSignatureError:
+                raise RunTokenError("run token is not valid yet (nbf in the future)") from None
+            except jwt.InvalidIssuerError:
+                raise RunTokenError(f"run token issuer is not {RUN_TOKEN_ISSUER!r}") from None
+            except jwt.PyJWTError as exc:
+                raise RunTokenError(f"run token is invalid: {exc}") from None
+        which = "WORKER_LIGHTNING_PUBLIC_KEY" if len(self._keys) == 1 else \
+            f"any of the {len(self._keys)} keys of WORKER_LIGHTNING_PUBLIC_KEY"
+        raise RunTokenError(f"run token signature does not match {which}")
 
 
 def generate_worker_keys() -> dict[str, str]:

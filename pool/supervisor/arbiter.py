@@ -48,6 +48,7 @@ from pool.lightning.queue_channel import QueueChannel
 from pool.lightning.tokens import RunTokenError
 from pool.lightning.workloops import Workloop
 from pool.logs import LogSetupError, setup_logging
+from pool.settings import SETTINGS, SettingsError
 from pool.supervisor.admission import Admission
 from pool.supervisor.config import EXIT_SETTINGS, StartupError, SupervisorConfig, load_config
 from pool.supervisor.executors import (
@@ -60,6 +61,12 @@ from pool.supervisor.executors import (
     ExecutorSlot,
     spawn_slot,
 )
+from pool.supervisor.handover import (
+    HandoverError,
+    handed_over,
+    receive_secrets,
+    reexec_without_secrets,
+)
 from pool.supervisor.observe import serve_observers, settings_reloader
 from pool.supervisor.respawn import RespawnGuard
 from pool.supervisor.scaling import resize
@@ -67,6 +74,7 @@ from pool.supervisor.session import DONE, REFUSED, RunSession
 from pool.supervisor.session import READY as SESSION_READY
 from pool.supervisor.snapshot import ExecutorView, PoolSnapshot
 from pool.supervisor.timers import Timers
+from pool.undumpable import make_undumpable
 
 log = logging.getLogger("pool.supervisor")
 
@@ -93,9 +101,9 @@ class Arbiter:
     thread (executors are spawned from it, so their ``PR_SET_PDEATHSIG`` stays armed)."""
 
     def __init__(self, config: SupervisorConfig,
-                 reload: Callable[[], SupervisorConfig] | None = None) -> None:
+                 reload: Callable[[str], SupervisorConfig] | None = None) -> None:
         self.config = config
-        self.reload = reload  # SIGHUP: settings read again (flags, env, config file)
+        self.reload = reload  # SIGHUP: settings read again (flags, env, config file, *_FILE)
         self.loop = EventLoop()
         self.items: deque[tuple[Any, ...]] = deque()  # appended to on the loop's thread only
         self.timers = Timers()
@@ -320,13 +328,14 @@ class Arbiter:
 
     def reload_pool(self) -> None:
         """SIGHUP: read the settings again, start a new generation of executors, retire the old
-        ones as they become idle (new ones first, so the pool never runs short)."""
+        ones as they become idle (new ones first, so the pool never runs short); reconnect
+        with the new worker secret if it changed (``rotate_secret``)."""
         if self.reload is None or self.draining:
             log.warning("SIGHUP ignored: %s", "stopping" if self.draining else "no settings "
                         "to reload")
             return
         try:
-            config = self.reload()
+            config = self.reload(self.config.worker_id)
         except StartupError as exc:
             log.error("SIGHUP: settings not reloaded, keeping the running ones: %s", exc)
             return
@@ -342,12 +351,33 @@ class Arbiter:
                 log.warning("SIGHUP: the size set live no longer fits (%s); using %d", exc,
                             sum(w.capacity for w in workloops))
                 self.live_size = None
-        self.config = replace(config, worker_id=self.config.worker_id,
-                              socket_url=self.config.socket_url)
+        rotated = config.secret_digest != self.config.secret_digest
+        if not rotated:  # the same token as before: a new iat alone is no reason to reconnect
+            config = replace(config, socket_url=self.config.socket_url)
+        keys_before = self.config.verifier.key_count
+        self.config = config
         self.apply_workloops(workloops)
+        if config.verifier.key_count != keys_before:
+            log.info("SIGHUP: run tokens are now verified with %d public key(s)",
+                     config.verifier.key_count)
+        if rotated:
+            self.rotate_secret()
         self.old_generation |= {s.id for s in self.slots.values() if s.state != DEAD}
         log.info("SIGHUP: settings reloaded; replacing %d executors (size %d)",
                  len(self.old_generation), self.size)
+
+    def rotate_secret(self) -> None:
+        """The worker secret changed: reconnect with a token signed by the new one. The runs
+        in progress lose nothing: their channels rejoin and unanswered events are resent, as
+        after any dropped connection."""
+        self.count("secret_rotated")
+        if not self._booted:  # not connected yet: the first connect uses the new url
+            self.socket.url = self.config.socket_url
+            log.info("SIGHUP: the worker secret changed")
+            return
+        log.info("SIGHUP: the worker secret changed; reconnecting to Lightning with it "
+                 "(%d runs in progress carry on)", len(self.sessions))
+        self.socket.reconnect(self.config.socket_url, "reconnecting with the new worker secret")
 
     def command_stop(self, graceful: bool = True) -> str:
         if graceful:
@@ -806,14 +836,27 @@ class Arbiter:
 def start_command(settings: Any) -> int:
     """``poolctl start``: check the settings, log where each came from, run the arbiter."""
     try:
+        # the secrets out of /proc/<pid>/environ and cmdline, and this process's memory out of
+        # reach of its uid's other processes (a job that escaped its vm), before anything starts
+        reexecuted = handed_over()
+        if reexecuted:
+            settings = receive_secrets(settings)
+        else:
+            reexec_without_secrets(settings)
+        make_undumpable()
         config = load_config(settings)
         setup_logging(settings.log_level, settings.log_format, settings.sentry_dsn,
                       settings.sentry_env)
-    except (StartupError, LogSetupError) as exc:
+    except (StartupError, LogSetupError, HandoverError, SettingsError, OSError) as exc:
         print(f"poolctl start: {exc}", file=sys.stderr, flush=True)
         return getattr(exc, "exit_code", EXIT_SETTINGS)
     for warning in settings.warnings:
         log.warning("%s", warning)
+    if reexecuted:
+        gone = [f"{name} in the environment" for name in sorted(settings.handed_env)] + [
+            f"{row.flag} on the command line" for row in SETTINGS
+            if row.secret and settings.values.get(row.name) and settings.source(row.name) == "flag"]
+        log.info("re-executed without %s (handed over a pipe); not dumpable", ", ".join(gone))
     # one line of what the operator set; every setting and its source at debug level
     log.info("settings not at their defaults: %s", ", ".join(settings.describe(set_only=True))
              or "none")

@@ -9,11 +9,12 @@ of reading a traceback or watching a worker that never claims.
 
 from __future__ import annotations
 
+import hashlib
 from dataclasses import dataclass
 from typing import Any
 
 from pool import __version__
-from pool.adaptors import TAGS, AdaptorError, AdaptorRepo
+from pool.adaptors import TAGS, AdaptorError, AdaptorRepo, Allowlist, parse_specifier
 from pool.executor.config import ISOLATION_MODES, init_message
 from pool.lightning.phoenix import build_socket_url
 from pool.lightning.plan import COLLECTIONS_ADAPTOR, Collections, RunDefaults
@@ -51,6 +52,7 @@ class SupervisorConfig:
     """What the arbiter needs, derived from the resolved settings."""
 
     socket_url: str  # holds the worker token: never log it
+    secret_digest: str  # SHA-256 of the worker secret: tells SIGHUP whether it changed
     lightning_url: str
     worker_id: str
     worker_name: str | None
@@ -76,11 +78,14 @@ class SupervisorConfig:
         return sum(loop.capacity for loop in self.workloops)
 
 
-def load_config(settings: Any) -> SupervisorConfig:
-    """Check ``settings`` (a ``pool.settings.Settings`` for ``start``); StartupError if unusable."""
+def load_config(settings: Any, worker_id: str | None = None) -> SupervisorConfig:
+    """Check ``settings`` (a ``pool.settings.Settings`` for ``start``); StartupError if unusable.
+
+    ``worker_id``: keep this id (a reload) instead of making a new one.
+    """
     if not settings.secret:
         raise StartupError("WORKER_SECRET is not set: poolctl start needs Lightning's worker "
-                           "secret (--secret or WORKER_SECRET)")
+                           "secret (WORKER_SECRET_FILE, WORKER_SECRET or --secret-file)")
     try:
         if settings.workloops:
             if not settings.is_default("size"):
@@ -98,7 +103,7 @@ def load_config(settings: Any) -> SupervisorConfig:
         verifier = RunTokenVerifier(settings.lightning_public_key)
     except PublicKeyError as exc:
         raise StartupError(str(exc)) from None
-    worker_id = new_worker_id()
+    worker_id = worker_id or new_worker_id()
     try:
         url = build_socket_url(settings.lightning_url,
                                make_worker_token(settings.secret, worker_id), __version__)
@@ -107,10 +112,12 @@ def load_config(settings: Any) -> SupervisorConfig:
     if settings.isolation not in ISOLATION_MODES:
         raise StartupError(f"--isolation must be one of {', '.join(ISOLATION_MODES)}, "
                            f"got {settings.isolation!r}")
+    check_allowlist(settings)
     collections = resolve_collections(settings)
     graceful = settings.graceful_timeout
     return SupervisorConfig(
         socket_url=url,
+        secret_digest=hashlib.sha256(settings.secret.encode()).hexdigest(),
         lightning_url=settings.lightning_url,
         worker_id=worker_id,
         worker_name=settings.worker_name or None,
@@ -131,6 +138,24 @@ def load_config(settings: Any) -> SupervisorConfig:
     )
 
 
+def check_allowlist(settings: Any) -> None:
+    """``WORKER_ADAPTOR_ALLOWLIST`` is readable, and permits what the pool itself loads: the
+    pre-warmed adaptors (else exit 2) and collections' (else a warning: those runs fail)."""
+    try:
+        allowed = Allowlist(settings.adaptor_allowlist)
+        for spec in settings.prewarm_adaptors:
+            name, version = parse_specifier(spec)
+            if not allowed.permits(name, None if version in TAGS else version):
+                raise StartupError(f"WORKER_PREWARM_ADAPTORS names {spec}, which "
+                                   "WORKER_ADAPTOR_ALLOWLIST does not permit")
+    except AdaptorError as exc:
+        raise StartupError(f"WORKER_ADAPTOR_ALLOWLIST: {exc}") from None
+    if settings.collections_url and not allowed.permits(COLLECTIONS_ADAPTOR):
+        settings.warnings.append(
+            f"WORKER_COLLECTIONS_URL is set but WORKER_ADAPTOR_ALLOWLIST does not permit "
+            f"{COLLECTIONS_ADAPTOR}: runs that use collections will fail")
+
+
 def resolve_collections(settings: Any) -> Collections | None:
     """Collections for jobs that use ``collections.``; None when ``WORKER_COLLECTIONS_URL`` is unset.
 
@@ -147,7 +172,8 @@ def resolve_collections(settings: Any) -> Collections | None:
     if version in TAGS:
         repo = AdaptorRepo(settings.repo_dir, offline=settings.adaptors_offline,
                            install_timeout=settings.install_timeout,
-                           latest_ttl=settings.latest_ttl)
+                           latest_ttl=settings.latest_ttl,
+                           allowlist=settings.adaptor_allowlist)
         try:
             version = repo.resolve(f"{COLLECTIONS_ADAPTOR}@{version}").version
         except AdaptorError as exc:

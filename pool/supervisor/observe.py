@@ -8,6 +8,8 @@ that cannot be reached. They only read the arbiter's snapshot and submit command
 from __future__ import annotations
 
 import contextlib
+import logging
+import os
 from collections.abc import Callable, Iterator
 from typing import Any
 
@@ -16,6 +18,8 @@ from pool.supervisor.config import StartupError, SupervisorConfig, load_config
 from pool.supervisor.control import ControlError, ControlServer, control_socket_path
 from pool.supervisor.http import HealthServer, HttpError
 from pool.supervisor.metrics import PoolMetrics
+
+log = logging.getLogger("pool.supervisor")
 
 
 @contextlib.contextmanager
@@ -42,16 +46,21 @@ def serve_observers(arbiter: Any, settings: Any) -> Iterator[PoolMetrics]:
         control.close()
 
 
-def settings_reloader(settings: Any) -> Callable[[], SupervisorConfig]:
-    """SIGHUP's reload: the same flags, the environment and the config file read again."""
+def settings_reloader(settings: Any) -> Callable[[str], SupervisorConfig]:
+    """SIGHUP's reload: the same flags, the environment (with the secrets handed over at the
+    re-exec, pool/supervisor/handover.py), the config file and the ``*_FILE`` files read
+    again — rotating a secret is writing its file and sending SIGHUP."""
     flags = {name: value for name, value in settings.values.items()
              if settings.source(name) == "flag"}
 
-    def reload() -> SupervisorConfig:
+    def reload(worker_id: str) -> SupervisorConfig:
         try:
-            fresh = load_settings(flags, config_path=settings.config_path, command="start")
+            fresh = load_settings(flags, env={**os.environ, **settings.handed_env},
+                                  config_path=settings.config_path, command="start")
         except SettingsError as exc:
             raise StartupError(str(exc)) from None
-        return load_config(fresh)
+        for warning in fresh.warnings:  # e.g. a secret file that became group-readable
+            log.warning("SIGHUP: %s", warning)
+        return load_config(fresh, worker_id)
 
     return reload

@@ -21,7 +21,7 @@ def cell(iso: str, size: int, rps: float, p95: float, exec_mb: float = 100.0,
                        pool_rss_mb=(exec_mb * size + sup_mb) * 1.5)
 
 
-def cpu_bound(iso: str = "context", base: float = 50.0) -> list[Measurement]:
+def cpu_bound(iso: str = "strict", base: float = 50.0) -> list[Measurement]:
     """2 cores: throughput doubles from 1 to 2, then stays flat while p95 climbs."""
     return [cell(iso, 1, base, 30), cell(iso, 2, base * 1.95, 35),
             cell(iso, 4, base * 2.0, 70), cell(iso, 8, base * 1.97, 140)]
@@ -29,14 +29,14 @@ def cpu_bound(iso: str = "context", base: float = 50.0) -> list[Measurement]:
 
 def test_cpu_bound_pool_stops_at_the_core_count() -> None:
     rec = recommend(cpu_bound(), run_memory_mb=500, budget_mb=16_000, cores=2)
-    assert (rec.size, rec.isolation) == (2, "context")
+    assert (rec.size, rec.isolation) == (2, "strict")
     assert any("size 2 gives" in line for line in rec.lines)
-    assert rec.lines[-1] == "recommended: --size 2 --isolation context --run-memory 500"
+    assert rec.lines[-1] == "recommended: --size 2 --isolation strict --run-memory 500"
 
 
 def test_memory_bound_pool_is_capped_by_the_budget() -> None:
     # I/O-bound: throughput keeps growing to 8, but 8 executors × (100 + 500) MB do not fit 3 GB
-    points = [cell("context", s, 10.0 * s, 300) for s in (1, 2, 4, 8)]
+    points = [cell("strict", s, 10.0 * s, 300) for s in (1, 2, 4, 8)]
     rec = recommend(points, run_memory_mb=500, budget_mb=3_000, cores=2)
     # (3000 − 40) / (100 + 500) = 4.9 → at most 4 executors
     assert rec.size == 4
@@ -46,8 +46,8 @@ def test_memory_bound_pool_is_capped_by_the_budget() -> None:
 
 def test_latency_saturated_sizes_are_not_chosen() -> None:
     # throughput still creeps up at 4, but p95 tripled: runs queue for CPU inside the pool
-    points = [cell("context", 1, 20, 100), cell("context", 2, 30, 150),
-              cell("context", 4, 34, 320)]
+    points = [cell("strict", 1, 20, 100), cell("strict", 2, 30, 150),
+              cell("strict", 4, 34, 320)]
     rec = recommend(points, run_memory_mb=256, budget_mb=16_000, cores=2)
     assert rec.size == 2
     assert any("size 4 is latency-saturated" in line for line in rec.lines)
@@ -59,18 +59,44 @@ def test_a_budget_below_one_executor_is_a_clear_error() -> None:
         recommend(cpu_bound(), run_memory_mb=500, budget_mb=600, cores=2)
 
 
-def test_strict_is_kept_when_it_is_nearly_as_fast_and_dropped_when_it_is_not() -> None:
-    close = recommend(cpu_bound("context", 50) + cpu_bound("strict", 45), 500, 16_000, 2)
+def test_throughput_alone_never_recommends_context() -> None:
+    """An operator of a shared Lightning gets strict, with context's figures beside it."""
+    rec = recommend(cpu_bound("context", 50) + cpu_bound("strict", 10), 500, 16_000, 2)
+    assert rec.isolation == "strict" and not rec.trusted
+    why = next(line for line in rec.lines if line.startswith("isolation:"))
+    assert "context would give 97.5 runs/s at size 2 (5.0x strict's)" in why
+    assert "no isolation between tenants" in why and "pass --trusted" in why
+    assert rec.lines[-1] == "recommended: --size 2 --isolation strict --run-memory 500"
+
+
+def test_trusted_jobs_get_context_only_when_strict_is_much_slower() -> None:
+    far = recommend(cpu_bound("context", 50) + cpu_bound("strict", 10), 500, 16_000, 2,
+                    trusted=True)
+    assert far.isolation == "context" and far.trusted
+    assert any("context, because the jobs are trusted (--trusted) and strict reaches only 20%"
+               in line for line in far.lines)
+    close = recommend(cpu_bound("context", 50) + cpu_bound("strict", 45), 500, 16_000, 2,
+                      trusted=True)
     assert close.isolation == "strict"
-    far = recommend(cpu_bound("context", 50) + cpu_bound("strict", 10), 500, 16_000, 2)
-    assert far.isolation == "context"
-    assert any("trusted jobs only" in line for line in far.lines)
+    assert any("keep strict even for trusted jobs" in line for line in close.lines)
+
+
+def test_context_alone_is_recommended_only_for_trusted_jobs() -> None:
+    with pytest.raises(TuneError, match=r"only context fits; context would give 97.5 runs/s "
+                                        r"at size 2, and context is no isolation between "
+                                        r"tenants.*pass --trusted"):
+        recommend(cpu_bound("context"), 500, 16_000, 2)
+    rec = recommend(cpu_bound("context"), 500, 16_000, 2, trusted=True)
+    assert rec.isolation == "context"
+    assert any("the jobs are trusted (--trusted)" in line for line in rec.lines)
 
 
 def test_failed_cells_are_not_recommended() -> None:
     broken = [Measurement(**{**c.to_dict(), "failures": 3}) for c in cpu_bound("strict")]
-    rec = recommend(cpu_bound("context") + broken, 500, 16_000, 2)
-    assert rec.isolation == "context"
+    with pytest.raises(TuneError, match="only context fits"):  # context is no way out...
+        recommend(cpu_bound("context") + broken, 500, 16_000, 2)
+    rec = recommend(cpu_bound("context") + broken, 500, 16_000, 2, trusted=True)
+    assert rec.isolation == "context"  # ...unless the jobs are trusted
     with pytest.raises(TuneError, match="without failures"):
         recommend(broken, 500, 16_000, 2)
 
@@ -90,7 +116,7 @@ def test_written_config_is_what_poolctl_start_loads(tmp_path: Path) -> None:
     path = tmp_path / "pool.toml"
     write_config(path, rec.settings(), comments=rec.lines)
     settings = load_settings(env={}, config_path=path, command="start")
-    assert (settings.size, settings.isolation, settings.run_memory_mb) == (2, "context", 300)
+    assert (settings.size, settings.isolation, settings.run_memory_mb) == (2, "strict", 300)
     assert settings.source("size") == "file"
     # and a flag still wins over the file, as for a hand-written one
     assert load_settings({"size": 7}, env={}, config_path=path, command="start").size == 7

@@ -30,22 +30,26 @@ def poolctl(*args: str, python: tuple[str, ...] = ()) -> subprocess.CompletedPro
 
 
 def test_quick_tune_writes_a_config_that_poolctl_start_runs_with(tmp_path: Path) -> None:
+    """strict is tuned, context measured beside it and not recommended: nobody said --trusted."""
     config, png = tmp_path / "pool.toml", tmp_path / "tune.png"
-    done = poolctl("tune", "--quick", "--isolation", "context", "--offline",
+    done = poolctl("tune", "--quick", "--offline",
                    "--run-memory-mb", "256", "--memory-budget", "8000",
                    "--write", str(config), "--plot", str(png))
     assert done.returncode == 0, done.stderr[-3000:]
     out = done.stdout
+    assert "strict@1 mix" in out and "strict@2 mix" in out
     assert "context@1 mix" in out and "context@2 mix" in out
     # stderr is a pipe here, as in a log: progress in plain lines, no cursor escapes or
     # carriage-return redraws (issue 13)
     assert "\x1b[" not in done.stderr and "\r" not in done.stderr
-    assert "tune: measuring context@2 (cell 2 of 2)" in done.stderr
-    assert "tune: 2 of 2 cells done" in done.stderr
-    assert "recommended: --size " in out
+    assert "tune: measuring context@2 (cell 4 of 4)" in done.stderr
+    assert "tune: 4 of 4 cells done" in done.stderr
+    assert "isolation: strict, the mode for a shared Lightning" in out
+    assert "context would give " in out and "pass --trusted only if every job" in out
+    assert "recommended: --size " in out and "--isolation strict" in out
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     written = tomllib.loads(config.read_text())
-    assert written["isolation"] == "context" and written["run_memory_mb"] == 256
+    assert written["isolation"] == "strict" and written["run_memory_mb"] == 256
     assert written["size"] in (1, 2)
     settings = load_settings(env={}, config_path=config, command="start")
     assert settings.source("size") == "file" and settings.size == written["size"]

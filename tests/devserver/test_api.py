@@ -136,3 +136,12 @@ def test_dev_server_command_prints_the_worker_env_and_stops_cleanly() -> None:
         proc.kill()
     assert proc.returncode == 0
     assert "Traceback" not in err
+
+
+def test_rotate_secret_over_http(server: DevServer) -> None:
+    new = "a-new-worker-secret-long-enough-for-hs256"
+    assert call(server, "POST", "/api/faults", {"kind": "rotate_secret", "secret": new}) == \
+        (200, {"ok": True})
+    assert server.secret == new and server.worker_env()["WORKER_SECRET"] == new
+    status, body = call(server, "POST", "/api/faults", {"kind": "rotate_secret"})
+    assert status == 400 and "the new WORKER_SECRET" in body["error"]

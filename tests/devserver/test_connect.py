@@ -105,3 +105,18 @@ def test_frames_are_recorded_both_ways(client: RawPhoenix, server: DevServer) ->
     assert server.frames[0]["frame"] == [None, ref, "phoenix", "heartbeat", {}]
     assert server.frames[1]["frame"] == [None, ref, "phoenix", "phx_reply",
                                          {"status": "ok", "response": {}}]
+
+
+def test_a_rotated_secret_refuses_the_old_one_unless_told_to_accept_both(
+        server: DevServer) -> None:
+    old = server.secret
+    kept = RawPhoenix(server, worker_token(old))  # open sockets stay open across a rotation
+    new = server.rotate_secret(accept_old=True)
+    assert server.secret == new != old
+    for secret in (old, new):  # the rolling window: either connects
+        RawPhoenix(server, worker_token(secret)).close()
+    server.rotate_secret(new)  # the window closes: only the new one
+    assert refused_status(socket_url(server, worker_token(old)))[0] == 401
+    RawPhoenix(server, worker_token(new)).close()
+    assert kept.call("phoenix", "heartbeat", {}) == {"status": "ok", "response": {}}
+    kept.close()

@@ -147,3 +147,26 @@ def test_generated_keys_work_together_like_lightnings_mix_task(keypair) -> None:
     assert private.key_size == 2048
     claims = RunTokenVerifier(keys["WORKER_LIGHTNING_PUBLIC_KEY"]).verify(run_token(private))
     assert claims["id"] == "run-1"
+
+
+def test_two_public_keys_while_lightning_switches_keys(keypair) -> None:
+    """A token signed with either key of a switch passes; one signed with neither does not,
+    and a good signature with bad claims is refused for its claims, not tried again."""
+    old, old_spki, _ = keypair
+    new = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    new_spki = new.public_key().public_bytes(serialization.Encoding.PEM,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)
+    stranger = rsa.generate_private_key(public_exponent=65537, key_size=2048)
+    for value in (f"{b64(old_spki, False)},{b64(new_spki, True)}",   # base64, comma-separated
+                  (old_spki + new_spki).decode()):                   # two PEM blocks (a file)
+        verifier = RunTokenVerifier(value)
+        assert verifier.key_count == 2
+        assert verifier.verify(run_token(old))["id"] == "run-1"
+        assert verifier.verify(run_token(new))["id"] == "run-1"
+        with pytest.raises(RunTokenError, match="does not match any of the 2 keys"):
+            verifier.verify(run_token(stranger))
+        with pytest.raises(RunTokenError, match="has expired"):
+            now = int(time.time())
+            verifier.verify(run_token(new, exp=now - 60, nbf=now - 120))
+    with pytest.raises(PublicKeyError):
+        RunTokenVerifier(f"{b64(old_spki, False)},not-a-key")

@@ -100,3 +100,17 @@ def test_a_timeout_is_kill_through_the_executor(tmp_path: Path) -> None:
     proc = execute(wf, "--isolation", "context", "--max-run-duration-seconds", "1")
     assert proc.returncode == 1
     assert "kill: TimeoutError: Workflow failed to return within 1000ms" in proc.stderr
+
+
+def test_an_adaptor_the_operator_does_not_permit_fails_the_run(tmp_path: Path) -> None:
+    wf = write(tmp_path / "wf.json", {"steps": [
+        {"id": "a", "adaptor": "@openfn/language-common@3.3.4", "expression": "fn(s => s)"}]})
+    proc = execute(wf, "--offline", "--adaptor-allowlist", "@openfn/language-http")
+    assert proc.returncode == 1
+    assert proc.stderr.splitlines()[-1] == (
+        "exception: AutoinstallError: Error installing @openfn/language-common@3.3.4: "
+        "@openfn/language-common@3.3.4 is not permitted on this worker "
+        "(WORKER_ADAPTOR_ALLOWLIST: @openfn/language-http)")
+    allowed = execute(wf, "--offline", "--adaptor-allowlist",
+                      "@openfn/language-http,@openfn/language-common@3.3.4")
+    assert allowed.returncode == 0, allowed.stderr

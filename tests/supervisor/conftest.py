@@ -19,6 +19,7 @@ import psutil
 import pytest
 
 from pool.devserver.server import DevServer
+from tests.unprivileged import Unprivileged
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = os.environ.get("WORKER_REPO_DIR") or str(ROOT / ".repo")
@@ -60,7 +61,9 @@ class Pool:
     """``poolctl start`` running against ``lightning``; its output goes to a file."""
 
     def __init__(self, lightning: DevServer, *args: str, env: dict[str, str] | None = None,
-                 with_lightning_env: bool = True) -> None:
+                 with_lightning_env: bool = True, user: Unprivileged | None = None) -> None:
+        """``user``: start it as that user, without the power to read other processes' memory
+        (tests/unprivileged.py)."""
         self.lightning = lightning
         fd, self.log_path = tempfile.mkstemp(prefix="poolctl-", suffix=".log")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
@@ -71,11 +74,14 @@ class Pool:
         # its own HTTP port (and so its own control socket): pools of concurrent test runs
         # must not meet on the default 2222
         self.port = free_port()
+        if user is not None:
+            full_env = user.env(full_env)
         self.proc = subprocess.Popen(
-            [sys.executable, str(ROOT / "bin" / "poolctl"), "start", "--isolation", "context",
+            [user.python if user else sys.executable, str(ROOT / "bin" / "poolctl"), "start", "--isolation", "context",
              "--backoff", "0.05/0.5", "--offline", "--port", str(self.port),
              "--http-host", "127.0.0.1", *args],
-            env=full_env, stdout=fd, stderr=subprocess.STDOUT, cwd=ROOT)
+            env=full_env, stdout=fd, stderr=subprocess.STDOUT, cwd=ROOT,
+            **(user.popen if user is not None else {}))
         os.close(fd)
 
     @property

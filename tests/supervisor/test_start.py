@@ -20,7 +20,7 @@ def test_a_missing_secret_is_one_line_and_exit_2(lightning: DevServer, start_poo
     code, lines = _finish(pool)
     assert code == 2
     assert lines == ["poolctl start: WORKER_SECRET is not set: poolctl start needs Lightning's "
-                     "worker secret (--secret or WORKER_SECRET)"]
+                     "worker secret (WORKER_SECRET_FILE, WORKER_SECRET or --secret-file)"]
 
 
 def test_an_unreadable_public_key_is_one_line_and_exit_2(start_pool) -> None:
