@@ -660,7 +660,7 @@ class Arbiter:
             self.queue.claim(demand, self.config.worker_name, loop.queues,
                              callback=lambda push, i=index, d=demand: self.post(
                                  ("claim_replied", i, d, push)))
-            self.count("claim_sent", workloop=loop.name)
+            self.count("claim_sent", workloop=loop.name, demand=str(demand))
         due = self.admission.next_claim_due(free)  # claims reserve nothing until answered
         self._claim_due = float("inf") if due is None else due
 
