@@ -50,6 +50,7 @@ class Notifier:
         # an abstract socket is written with a leading @ and addressed with a NUL byte
         self.address = "\0" + address[1:] if address.startswith("@") else address
         self._sock = socket.socket(socket.AF_UNIX, socket.SOCK_DGRAM)  # not inherited
+        self._sock.setblocking(False)  # a stalled reader must never hold up the arbiter loop
         self._failed = False
 
     @classmethod
@@ -126,6 +127,7 @@ class ServiceNotifier:
         self.stopping = False
         self.reloads = 0
         self.status = ""
+        self._timers: Any = None  # the arbiter loop's Timers, from start()
 
     def start(self, timers: Any) -> None:
         self._timers = timers
