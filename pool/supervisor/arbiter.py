@@ -19,7 +19,9 @@ Seams for the rest of the lifecycle (signals, control socket, HTTP, metrics):
 * ``submit(name, **args) -> Future``: run ``command_<name>`` on the loop from any thread;
 * ``snapshot()``: the latest read-only picture of the pool;
 * ``count(name, **labels)``: called exactly where each countable thing happens; observers
-  append to ``count_hooks``.
+  append to ``count_hooks``;
+* ``snapshot_hooks``: called on the loop with each snapshot it publishes (systemd's
+  notifications, ``notify.py``).
 
 Exit codes: 0 after a graceful stop, 2 for unusable settings, 3 when an executor cannot boot
 (its one-line reason is printed; no respawn loop).
@@ -116,6 +118,7 @@ class Arbiter:
         self.runs_by_reason: Counter[str] = Counter()
         self.count_hooks: list[Callable[[str, dict[str, str]], None]] = []
         self.observe_hooks: list[Callable[[str, float], None]] = []
+        self.snapshot_hooks: list[Callable[[PoolSnapshot], None]] = []  # on the loop's thread
         self.paused = False  # `poolctl drain`: no more claims, but the pool stays up
         self.live_size: int | None = None  # set by scale/TTIN/TTOU; survives SIGHUP
         self.old_generation: set[int] = set()  # slots to retire once idle (after SIGHUP)
@@ -251,7 +254,13 @@ class Arbiter:
             executors=views, claims_in_flight=self.admission.claims_in_flight,
             runs_by_reason=dict(self.runs_by_reason), queue_joined=self.queue_joined,
             draining=self.draining or self.paused, size=self.size, pid=os.getpid(), connected=self.connected,
-            active_runs=tuple(self.sessions), counters=dict(self.counters))
+            active_runs=tuple(self.sessions), counters=dict(self.counters),
+            stopping=self.draining)
+        for hook in self.snapshot_hooks:  # e.g. systemd's notifications (notify.py)
+            try:
+                hook(self._snapshot)
+            except Exception:
+                log.exception("snapshot hook %r failed", hook)
 
     # -- signals and commands -------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -363,6 +372,7 @@ class Arbiter:
         if rotated:
             self.rotate_secret()
         self.old_generation |= {s.id for s in self.slots.values() if s.state != DEAD}
+        self.count("settings_reloaded")
         log.info("SIGHUP: settings reloaded; replacing %d executors (size %d)",
                  len(self.old_generation), self.size)
 
@@ -682,7 +692,7 @@ class Arbiter:
             self.queue.claim(demand, self.config.worker_name, loop.queues,
                              callback=lambda push, i=index, d=demand: self.post(
                                  ("claim_replied", i, d, push)))
-            self.count("claim_sent", workloop=loop.name)
+            self.count("claim_sent", workloop=loop.name, demand=str(demand))
         due = self.admission.next_claim_due(free)  # claims reserve nothing until answered
         self._claim_due = float("inf") if due is None else due
 

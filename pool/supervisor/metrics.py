@@ -71,6 +71,12 @@ class PoolMetrics:
                                 registry=r)
         self.claims_sent = Counter("poolctl_claims_sent", "Claim requests sent to Lightning.",
                                    registry=r)
+        self.claim_demand = Counter(
+            "poolctl_claim_demand",
+            "Runs asked for in claims. rate(poolctl_runs_claimed) / rate(this) is the claim fill "
+            "ratio: 1 while Lightning's queue holds at least what the pool asks for (a backlog; "
+            "the busy fraction cannot show it above 1.0), 0 while the queue is empty.",
+            registry=r)
         self.claims_with_runs = Counter("poolctl_claims_with_runs",
                                         "Claim replies that carried at least one run.",
                                         registry=r)
@@ -117,6 +123,7 @@ class PoolMetrics:
             self.recycles.labels(labels.get("cause", "unknown")).inc()
         elif name == "claim_sent":
             self.claims_sent.inc()
+            self.claim_demand.inc(int(labels.get("demand", 0)))
         elif name == "claim_returned_runs":
             self.claims_with_runs.inc()
         elif name == "run_claimed":

@@ -1,4 +1,5 @@
-"""What ``poolctl start`` runs around the arbiter: the control socket, HTTP, metrics, reload.
+"""What ``poolctl start`` runs around the arbiter: the control socket, HTTP, metrics, reload,
+and systemd's notifications when started by it.
 
 Both servers start before any executor is spawned, so a second pool on the same port fails at
 once with one line (the control socket or the HTTP port is taken) instead of booting a pool
@@ -18,6 +19,7 @@ from pool.supervisor.config import StartupError, SupervisorConfig, load_config
 from pool.supervisor.control import ControlError, ControlServer, control_socket_path
 from pool.supervisor.http import HealthServer, HttpError
 from pool.supervisor.metrics import PoolMetrics
+from pool.supervisor.notify import Notifier, ServiceNotifier, watchdog_interval
 
 log = logging.getLogger("pool.supervisor")
 
@@ -39,11 +41,18 @@ def serve_observers(arbiter: Any, settings: Any) -> Iterator[PoolMetrics]:
         control.close()
         raise StartupError(str(exc)) from None
     http.start()
+    notifier = Notifier.from_env()
+    if notifier is not None:  # under systemd's Type=notify
+        systemd = ServiceNotifier(notifier, watchdog_interval())
+        arbiter.snapshot_hooks.append(systemd.on_snapshot)
+        systemd.start(arbiter.timers)  # the loop's timers: they fire once run() turns
     try:
         yield metrics
     finally:
         http.close()
         control.close()
+        if notifier is not None:
+            notifier.close()
 
 
 def settings_reloader(settings: Any) -> Callable[[str], SupervisorConfig]:

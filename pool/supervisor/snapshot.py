@@ -37,7 +37,8 @@ class PoolSnapshot:
     claims_in_flight: int = 0  # total demand of claims awaiting Lightning's reply
     runs_by_reason: Mapping[str, int] = field(default_factory=dict)
     queue_joined: bool = False
-    draining: bool = False
+    draining: bool = False  # no more claims: `poolctl drain`, or stopping
+    stopping: bool = False  # the pool exits once its runs are reported (SIGTERM, stop)
     size: int = 0  # executors the pool aims to keep
     pid: int = 0  # the supervisor's
     connected: bool = False  # the Lightning socket is open

@@ -31,8 +31,8 @@ def test_each_arbiter_count_lands_in_its_metric() -> None:
     m.observe("claim_to_dispatch", 0.02)
     for cause in ("runs", "rss", "runs"):
         m.count("shim_recycled", {"cause": cause})
-    m.count("claim_sent", {"workloop": "manual>*"})
-    m.count("claim_sent", {"workloop": "manual>*"})
+    m.count("claim_sent", {"workloop": "manual>*", "demand": "3"})
+    m.count("claim_sent", {"workloop": "manual>*", "demand": "1"})
     m.count("claim_returned_runs", {})
     for _ in range(3):
         m.count("run_claimed", {})
@@ -54,6 +54,7 @@ def test_each_arbiter_count_lands_in_its_metric() -> None:
     assert got[("poolctl_shim_recycles_total", (("cause", "runs"),))] == 2
     assert got[("poolctl_shim_recycles_total", (("cause", "rss"),))] == 1
     assert got[("poolctl_claims_sent_total", ())] == 2
+    assert got[("poolctl_claim_demand_total", ())] == 4  # 3 of the 4 runs asked for came
     assert got[("poolctl_claims_with_runs_total", ())] == 1
     assert got[("poolctl_runs_claimed_total", ())] == 3
     assert got[("poolctl_reconnects_total", ())] == 1
