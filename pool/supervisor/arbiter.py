@@ -645,12 +645,14 @@ class Arbiter:
         if not self.may_claim():
             return
         free = self.free_executors()
-        for index, demand in self.admission.plan_claims(free, now):
+        for index, demand, follow_up in self.admission.plan_claims(free, now):
             loop = self.config.workloops[index]
             self.queue.claim(demand, self.config.worker_name, loop.queues,
                              callback=lambda push, i=index, d=demand: self.post(
                                  ("claim_replied", i, d, push)))
             self.count("claim_sent", workloop=loop.name)
+            if follow_up:
+                self.count("claim_after_runs", workloop=loop.name)
         due = self.admission.next_claim_due(free)  # claims reserve nothing until answered
         self._claim_due = float("inf") if due is None else due
 
