@@ -144,6 +144,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("state_props_to_remove", "--state-props-to-remove", ("WORKER_STATE_PROPS_TO_REMOVE",),
             parse_list, ["configuration", "response"],
             "Top-level state keys removed from every step's output.", RUNS),
+    Setting("max_frame_bytes", "--max-frame-bytes", ("WORKER_MAX_FRAME_BYTES",), parse_int,
+            11_000_000,
+            "Largest WebSocket frame Lightning accepts (its max_frame_size): bigger events are "
+            "made to fit (dataclip withheld, log line or final state redacted, log batches "
+            "split). 0 = no limit (older Lightnings).", START),
     # --- adaptors ---------------------------------------------------------------------------------
     Setting("repo_dir", "--repo-dir", ("WORKER_REPO_DIR",), parse_str, DEFAULT_REPO_DIR,
             "Adaptor repo (npm folder) shared by every executor.", REPO),

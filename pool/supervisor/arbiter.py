@@ -720,6 +720,14 @@ class Arbiter:
             session.on_sent(tag, push)
             self.advance(session)
 
+    def on_run_undeliverable(self, run_id: str) -> None:
+        """A run's event cannot reach Lightning, so the run is ended (session.py): stop it."""
+        session = self.sessions.get(run_id)
+        slot = self.slots.get(session.slot_id) if session and session.slot_id else None
+        if slot is not None and slot.state == BUSY and slot.run_id == run_id:
+            with contextlib.suppress(ExecutorGone):  # gone: its reader reports the death
+                slot.handle.cancel(run_id)
+
     def advance(self, session: RunSession) -> None:
         """Act on a session's new state: dispatch it, drop it, or complete it."""
         if session.state == SESSION_READY and session.slot_id is not None:

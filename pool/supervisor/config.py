@@ -35,6 +35,7 @@ EXIT_SETTINGS = 2
 EXIT_BOOT_FAILURE = 3
 # How long after its deadline (token expiry or run timeout) a run's kept events are given up.
 RUN_GRACE_S = 60.0
+MIN_FRAME_BYTES = 16 * 1024  # room for any event once its dataclip or state is left out
 
 
 class StartupError(Exception):
@@ -68,6 +69,8 @@ class SupervisorConfig:
     batch_limit: int
     # bytes of one run's events kept while Lightning is slow or unreachable (logs dropped above)
     outbox_cap_bytes: int
+    # Lightning's max_frame_size: no frame sent is larger (None: no limit, older Lightnings)
+    frame_limit_bytes: int | None = None
 
     @property
     def size(self) -> int:
@@ -112,6 +115,12 @@ def load_config(settings: Any) -> SupervisorConfig:
     _check_positive("WORKER_BOOT_TIMEOUT_SECONDS", settings.boot_timeout)
     _check_positive("WORKER_BATCH_LIMIT", settings.batch_limit)
     _check_positive("WORKER_OUTBOX_CAP_MB", settings.outbox_cap_mb)
+    if settings.max_frame_bytes < 0:
+        raise StartupError(f"WORKER_MAX_FRAME_BYTES must be 0 (no limit) or more, got "
+                           f"{settings.max_frame_bytes}")
+    if 0 < settings.max_frame_bytes < MIN_FRAME_BYTES:
+        raise StartupError(f"WORKER_MAX_FRAME_BYTES must be at least {MIN_FRAME_BYTES} (every "
+                           f"event must fit once made smaller), got {settings.max_frame_bytes}")
     if settings.batch_interval < 0:
         raise StartupError(f"WORKER_BATCH_INTERVAL must not be negative, got "
                            f"{settings.batch_interval}")
@@ -136,6 +145,7 @@ def load_config(settings: Any) -> SupervisorConfig:
         batch_interval_s=settings.batch_interval / 1000.0,
         batch_limit=int(settings.batch_limit),
         outbox_cap_bytes=int(settings.outbox_cap_mb * 1024 * 1024),
+        frame_limit_bytes=int(settings.max_frame_bytes) or None,
     )
 
 
