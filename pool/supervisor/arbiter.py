@@ -42,7 +42,13 @@ from typing import Any
 
 from pool.eventloop import EventLoop
 from pool.executor.handle import BOOT_FAILED, ExecutorGone
-from pool.executor.protocol import EXIT_BOOT_FAILURE, READY, RECYCLED
+from pool.executor.protocol import (
+    EXIT_BOOT_FAILURE,
+    READY,
+    RECYCLED,
+    RUN_COMPLETE,
+    SHIM_LOST,
+)
 from pool.lightning.phoenix import PhoenixSocket, Push, Reply
 from pool.lightning.queue_channel import QueueChannel
 from pool.lightning.tokens import RunTokenError
@@ -506,9 +512,13 @@ class Arbiter:
                      message.get("cause"), message.get("old_shim_pid"),
                      message.get("new_shim_pid"))
             self.count("shim_recycled", cause=str(message.get("cause")))
+        elif kind == SHIM_LOST:
+            self.executor_unready(slot, message)
         elif kind == BOOT_FAILED:
             slot.boot_failure = str(message.get("reason") or "boot failed")
         else:
+            if kind == RUN_COMPLETE and message.get("run_id") == slot.run_id:
+                slot.run_ended = True  # its next ready frees it
             session = self.sessions.get(slot.run_id or "")
             if session is None or message.get("run_id") != slot.run_id:
                 log.warning("executor %s: %s for run %s, which it is not running; ignored",
@@ -523,6 +533,8 @@ class Arbiter:
         slot.ready = message
         if slot.state == RESERVED:
             return  # promised to a run already; nothing changes
+        if slot.state == BUSY and not slot.run_ended:
+            return  # sent before it read the run (a shim replaced meanwhile): not free yet
         if slot.state == BUSY:
             slot.runs_done += 1
         slot.run_id, slot.run_dispatched = None, False
@@ -541,6 +553,15 @@ class Arbiter:
                      self.config.lightning_url)
             self.socket.connect()
             self.queue.join()
+
+    def executor_unready(self, slot: ExecutorSlot, message: dict[str, Any]) -> None:
+        """Its idle shim died: booting again (no run is given to it) until its next ready."""
+        log.warning("executor %s: its idle shim (pid %s) died; it is replacing it", slot.id,
+                    message.get("shim_pid"), extra={"executor_pid": slot.pid})
+        self.count("shim_lost")
+        if slot.state == IDLE:
+            slot.state = BOOTING
+            slot.boot_deadline = time.monotonic() + self.config.boot_timeout
 
     def give_to_waiting(self, slot: ExecutorSlot) -> None:
         """A run whose reserved executor died takes the next one that is ready."""
@@ -744,7 +765,7 @@ class Arbiter:
         slot = self.slots[session.slot_id]  # type: ignore[index]
         converted = session.converted
         assert converted is not None
-        slot.state, slot.run_dispatched = BUSY, True
+        slot.state, slot.run_dispatched, slot.run_ended = BUSY, True, False
         session.dispatched(slot.id)
         try:
             slot.handle.run(session.run_id, converted.plan, session.input, converted.limits,

@@ -46,6 +46,7 @@ class ExecutorSlot:
     state: str = BOOTING
     run_id: str | None = None  # the run it is reserved for or running
     run_dispatched: bool = False  # the run message was sent; a death is that run's crash
+    run_ended: bool = False  # the executor sent that run's run-complete
     runs_done: int = 0
     started_at: float = field(default_factory=time.time)
     ready: dict[str, Any] = field(default_factory=dict)
