@@ -102,6 +102,9 @@ SETTINGS: tuple[Setting, ...] = (
             START),
     Setting("size", "--size", ("WORKER_CAPACITY",), parse_int, 5,
             "Executors in the pool = runs at once (ws-worker's capacity).", START),
+    Setting("max_size", "--max-size", ("WORKER_MAX_POOL_SIZE",), parse_int, None,
+            "Largest size accepted at start and by scale (default: memory, the cgroup's "
+            "memory.max where set, else the host's, over an executor's footprint).", START),
     Setting("workloops", "--workloops", ("WORKER_WORKLOOPS",), parse_str, None,
             "Queue preferences with slots, e.g. 'fast_lane:1 manual>*:4'; excludes --size.", START),
     Setting("backoff", "--backoff", ("WORKER_BACKOFF",), parse_str, "1/10",

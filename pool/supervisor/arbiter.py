@@ -71,6 +71,7 @@ from pool.supervisor.respawn import RespawnGuard
 from pool.supervisor.scaling import resize
 from pool.supervisor.session import DONE, REFUSED, RunSession
 from pool.supervisor.session import READY as SESSION_READY
+from pool.supervisor.sizing import cpu_count, cpu_warning
 from pool.supervisor.snapshot import ExecutorView, PoolSnapshot
 from pool.supervisor.timers import Timers
 
@@ -83,6 +84,10 @@ REAP_EVERY_S = 1.0  # waitpid without a SIGCHLD: a safety net, not the way death
 QUIET_ITEMS = frozenset({"run_joined", "run_fetched", "run_sent", "executor_message"})
 STOP_FLUSH_S = 10.0  # after cancelling runs at the graceful deadline: time to report them
 EXECUTOR_STOP_S = 10.0
+# executors booting at once, at most: a pool growing by a hundred must not fork a hundred
+# interpreters and Node processes in one turn (the loop would serve nothing meanwhile and the
+# machine would thrash); the rest are spawned as these report ready
+BOOTING_AT_ONCE = max(4, 2 * cpu_count())
 
 
 class HaltServer(Exception):
@@ -185,8 +190,7 @@ class Arbiter:
         self.loop.bind()
         self.install_signals()
         try:
-            for _ in range(self.size):
-                self.spawn_executor()
+            self.manage_executors()  # the first executors; the rest as these boot
             while self.exit_code is None:
                 changed = self.handle_items(self.wait_for_items())
                 now = time.monotonic()
@@ -312,9 +316,16 @@ class Arbiter:
         """Resize live (the last workloop takes the change); kept across SIGHUP."""
         if self.draining:
             raise ValueError("the pool is stopping; it cannot be resized")
+        limit = self.config.max_size
+        if size > limit.size:
+            raise ValueError(f"cannot scale to {size}: over the pool's maximum of {limit.size} "
+                             f"({limit.why}); the pool is unchanged")
         old = self.size
         self.apply_workloops(resize(self.config.workloops, size))
         self.live_size = size
+        warning = cpu_warning(size)
+        if warning is not None:
+            log.warning("%s", warning)
         return f"size {size} (was {old})"
 
     def apply_workloops(self, workloops: tuple[Workloop, ...]) -> None:
@@ -426,7 +437,8 @@ class Arbiter:
                    if s.state not in (DEAD, STOPPING) and s.id not in self.old_generation]
         # a death the pool no longer needs to replace (it shrank since) is not a respawn
         self.unreplaced_deaths = min(self.unreplaced_deaths, max(0, self.size - len(current)))
-        for _ in range(self.size - len(current)):
+        booting = sum(1 for s in self.slots.values() if s.state == BOOTING)
+        for _ in range(min(self.size - len(current), BOOTING_AT_ONCE - booting)):
             if self.unreplaced_deaths and not self.may_respawn():
                 break
             self.spawn_executor()
@@ -547,7 +559,8 @@ class Arbiter:
                      message.get("runtime"), message.get("isolation"),
                      extra={"executor_pid": slot.pid})
         self.give_to_waiting(slot)
-        if not self._booted and all(s.state != BOOTING for s in self.slots.values()):
+        if not self._booted and len(self.slots) >= self.size and \
+                all(s.state != BOOTING for s in self.slots.values()):
             self._booted = True
             log.info("%d executors ready; connecting to Lightning at %s", self.size,
                      self.config.lightning_url)
@@ -816,12 +829,21 @@ class Arbiter:
 
     # -- the end ----------------------------------------------------------------------------------
     def shutdown(self) -> None:
-        """Stop every executor and close the connection (also after a halt)."""
-        for slot in list(self.slots.values()):
-            if slot.state != DEAD:
-                slot.state = STOPPING
-                self.loop.remove_reader(slot.fd)
-                slot.handle.close(timeout=EXECUTOR_STOP_S if self.exit_code == 0 else 1.0)
+        """Stop every executor and close the connection (also after a halt). All are told at
+        once and share one deadline; one still booting has no run and is killed at once (it
+        would read ``stop`` only once booted)."""
+        deadline = time.monotonic() + (EXECUTOR_STOP_S if self.exit_code == 0 else 1.0)
+        slots = [s for s in self.slots.values() if s.state != DEAD]
+        for slot in slots:
+            self.loop.remove_reader(slot.fd)
+            if slot.state == BOOTING:
+                slot.handle.kill()
+            else:
+                with contextlib.suppress(ExecutorGone):
+                    slot.handle.stop(graceful=False)
+            slot.state = STOPPING
+        for slot in slots:
+            slot.handle.close(timeout=max(0.0, deadline - time.monotonic()))
         self.slots.clear()
         if self.queue_joined:
             leave, until = self.queue.leave(), time.monotonic() + 2.0

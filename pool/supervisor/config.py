@@ -30,6 +30,7 @@ from pool.lightning.workloops import (
     parse_backoff,
     parse_workloops,
 )
+from pool.supervisor.sizing import MaxSize, cpu_warning, default_max_size
 
 EXIT_SETTINGS = 2
 EXIT_BOOT_FAILURE = 3
@@ -71,6 +72,8 @@ class SupervisorConfig:
     outbox_cap_bytes: int
     # Lightning's max_frame_size: no frame sent is larger (None: no limit, older Lightnings)
     frame_limit_bytes: int | None = None
+    # the largest size accepted at start and by scale, and where the figure comes from
+    max_size: MaxSize = MaxSize(1_000_000, "no maximum given")
 
     @property
     def size(self) -> int:
@@ -124,6 +127,7 @@ def load_config(settings: Any) -> SupervisorConfig:
     if settings.batch_interval < 0:
         raise StartupError(f"WORKER_BATCH_INTERVAL must not be negative, got "
                            f"{settings.batch_interval}")
+    max_size = check_size(settings, sum(loop.capacity for loop in workloops))
     collections = resolve_collections(settings)
     graceful = settings.graceful_timeout
     return SupervisorConfig(
@@ -146,7 +150,28 @@ def load_config(settings: Any) -> SupervisorConfig:
         batch_limit=int(settings.batch_limit),
         outbox_cap_bytes=int(settings.outbox_cap_mb * 1024 * 1024),
         frame_limit_bytes=int(settings.max_frame_bytes) or None,
+        max_size=max_size,
     )
+
+
+def check_size(settings: Any, size: int) -> MaxSize:
+    """The maximum size (sizing.py), with ``size`` refused above it; CPU only warns."""
+    if settings.max_size is not None:
+        if settings.max_size < 1:
+            raise StartupError(f"WORKER_MAX_POOL_SIZE must be at least 1, got "
+                               f"{settings.max_size}")
+        max_size = MaxSize(int(settings.max_size),
+                           f"--max-size/WORKER_MAX_POOL_SIZE ({settings.source('max_size')})")
+    else:
+        max_size = default_max_size(settings.isolation)
+    if size > max_size.size:
+        raise StartupError(f"size {size} is over the pool's maximum of {max_size.size} "
+                           f"({max_size.why}): lower --size/WORKER_CAPACITY, or raise "
+                           f"--max-size/WORKER_MAX_POOL_SIZE if the machine can hold it")
+    warning = cpu_warning(size)
+    if warning is not None:
+        settings.warnings.append(warning)
+    return max_size
 
 
 def resolve_collections(settings: Any) -> Collections | None:
