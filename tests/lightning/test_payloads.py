@@ -347,3 +347,13 @@ def test_the_cheap_log_size_bound_never_lets_an_oversized_line_through() -> None
         assert not surely_within(message, size - 1), message
     assert surely_within(["hello"], 1024 * 1024)
     assert not surely_within([{"a": 1}], 1024 * 1024)  # objects are measured, not guessed
+
+
+def test_a_state_with_its_own_redacted_key_is_sent_whole() -> None:
+    # the flag is a field of the event (engine-multi); a user's key of that name is just data
+    runs = ledger()
+    runs.on_message(step_start("s1", "a"))
+    state = {"data": "[REDACTED]", "redacted": True}
+    complete = payload_of(runs.on_message(step_complete("s1", "a", state, [])), "step:complete")
+    assert json.loads(complete["output_dataclip"]) == state
+    assert "output_dataclip_error" not in complete
