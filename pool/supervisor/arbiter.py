@@ -729,8 +729,9 @@ class Arbiter:
         slot = self.idle_slot()
         if slot is not None:
             self.reserve(slot, session)
-        else:  # cannot happen with correct accounting; the run waits rather than queue
-            log.error("run %s: no idle executor for a claimed run; it waits for one", run_id)
+        else:  # its executor went back to booting since the claim (its idle shim died)
+            log.warning("run %s: no idle executor for a claimed run; it waits for the next "
+                        "one ready", run_id)
             self.waiting_for_executor.append(run_id)
         self.timers.call_at(session.deadline, self.check_run_deadline, run_id)
         session.join()
