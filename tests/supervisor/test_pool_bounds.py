@@ -5,6 +5,7 @@ and keeps claiming, running and obeying signals meanwhile."""
 from __future__ import annotations
 
 import os
+import re
 import signal
 import subprocess
 import time
@@ -85,3 +86,24 @@ def test_the_maximum_comes_from_the_cgroups_memory_limit_where_set(tmp_path: Pat
     (v1 / "memory.limit_in_bytes").write_text(f"{512 * 1024 ** 2}\n")
     assert cgroup_memory_limit(tmp_path, "4:memory:/job\n")[0] == 512 * 1024 ** 2
     assert footprint_mb("strict") > footprint_mb("context") > footprint_mb("noop")
+
+
+@pytest.mark.parametrize(("env", "message"), [
+    ({"WORKER_MAX_POOL_SIZE": "3", "WORKER_CAPACITY": "4"},
+     "size 4 is over the pool's maximum of 3 (--max-size/WORKER_MAX_POOL_SIZE"),
+    ({"WORKER_MAX_POOL_SIZE": "0"}, "WORKER_MAX_POOL_SIZE must be at least 1"),
+    ({"WORKER_MAX_FRAME_BYTES": "-1"}, "WORKER_MAX_FRAME_BYTES must be 0 (no limit) or more"),
+    ({"WORKER_MAX_FRAME_BYTES": "1000"}, "WORKER_MAX_FRAME_BYTES must be at least 16384"),
+])
+def test_bad_bounds_are_refused_with_a_clear_message(env: dict[str, str], message: str) -> None:
+    from pool.settings import load_settings
+    from pool.supervisor.config import StartupError, load_config
+
+    base = {"WORKER_SECRET": "s" * 32, "WORKER_LIGHTNING_SERVICE_URL": "ws://127.0.0.1:1/worker"}
+    with pytest.raises(StartupError, match=re.escape(message)) as info:
+        load_config(load_settings(env={**base, **env}, command="start"))
+    assert info.value.exit_code == 2
+    ok = load_config(load_settings(env={**base, "WORKER_MAX_FRAME_BYTES": "0",
+                                        "WORKER_MAX_POOL_SIZE": "4", "WORKER_CAPACITY": "4"},
+                                   command="start"))
+    assert (ok.frame_limit_bytes, ok.max_size.size) == (None, 4)
