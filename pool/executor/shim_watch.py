@@ -26,6 +26,12 @@ def is_alive(pid: int) -> bool:
         fd = os.pidfd_open(pid)
     except ProcessLookupError:
         return False
+    except OSError:  # no pidfds (Linux before 5.3): a zombie then still counts as alive
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return False
+        return True
     try:
         readable, _, _ = select.select([fd], [], [], 0)
         return not readable
@@ -42,6 +48,7 @@ class ShimWatch:
         self._wanted: int | None = None
         self._closed = False
         self._wake_r, self._wake_w = os.pipe()
+        os.set_blocking(self._wake_w, False)  # a full pipe already means "look again"
         self._thread = threading.Thread(target=self._loop, name="shim-watch", daemon=True)
         self._thread.start()
 
@@ -51,7 +58,8 @@ class ShimWatch:
             if pid == self._wanted:
                 return
             self._wanted = pid
-        os.write(self._wake_w, b"w")
+        with contextlib.suppress(BlockingIOError):
+            os.write(self._wake_w, b"w")
 
     def close(self) -> None:
         with self._lock:
@@ -83,6 +91,8 @@ class ShimWatch:
                             self._died(watched)
                             watched = None
                             continue
+                        except OSError:  # no pidfds here: runs still check is_alive
+                            return
                 fds = [self._wake_r] + ([pidfd] if pidfd is not None else [])
                 readable, _, _ = select.select(fds, [], [])
                 if self._wake_r in readable:
