@@ -4,6 +4,7 @@ as many runs at once as it has executors (issue 13, item 4)."""
 
 from __future__ import annotations
 
+import urllib.request
 from collections.abc import Iterator
 
 import pytest
@@ -44,18 +45,9 @@ def test_one_run_per_claim_still_fills_the_pool(lightning: DevServer, start_pool
     peak = most_at_once(runs)
     print(f"most runs at once: {peak} of size {SIZE}")
     assert peak == SIZE
-    assert pool.stop() == 0
-
-
-def test_claims_after_runs_are_counted_in_metrics(lightning: DevServer, start_pool) -> None:
-    import urllib.request
-
-    ids = [lightning.enqueue(plan(job("fn(s => s);")), wakeup=False) for _ in range(3)]
-    pool = start_pool("--size", "3", "--backoff", "1/10")
-    for run_id in ids:
-        assert wait_run(lightning, run_id)["state"] == "success"
+    # the claims that followed one bringing a run (ws-worker would have waited) are counted
     with urllib.request.urlopen(f"http://127.0.0.1:{pool.port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     line = next(ln for ln in text.splitlines() if ln.startswith("poolctl_claims_after_runs_total"))
-    assert float(line.split()[-1]) >= 1  # claims that followed one bringing a run
+    assert float(line.split()[-1]) >= SIZE - 1
     assert pool.stop() == 0
