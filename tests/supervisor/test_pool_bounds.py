@@ -107,3 +107,11 @@ def test_bad_bounds_are_refused_with_a_clear_message(env: dict[str, str], messag
                                         "WORKER_MAX_POOL_SIZE": "4", "WORKER_CAPACITY": "4"},
                                    command="start"))
     assert (ok.frame_limit_bytes, ok.max_size.size) == (None, 4)
+
+
+def test_cpu_only_warns(monkeypatch: pytest.MonkeyPatch) -> None:
+    from pool.supervisor import sizing
+
+    monkeypatch.setattr(sizing, "cpu_count", lambda: 2)
+    assert sizing.cpu_warning(8) is None
+    assert "more than 4 executors per CPU (2 CPUs)" in (sizing.cpu_warning(9) or "")
