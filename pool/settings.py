@@ -160,6 +160,9 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("size", "--size", ("WORKER_CAPACITY",), parse_int, 5,
             "Executors in the pool = runs at once (ws-worker's capacity).", START,
             check=at_least(1)),
+    Setting("max_size", "--max-size", ("WORKER_MAX_POOL_SIZE",), parse_int, None,
+            "Largest size accepted at start and by scale (default: memory, the cgroup's "
+            "memory.max where set, else the host's, over an executor's footprint).", START),
     Setting("workloops", "--workloops", ("WORKER_WORKLOOPS",), parse_str, None,
             "Queue preferences with slots, e.g. 'fast_lane:1 manual>*:4'; excludes --size.", START),
     Setting("backoff", "--backoff", ("WORKER_BACKOFF",), parse_str, "1/10",
@@ -206,6 +209,11 @@ SETTINGS: tuple[Setting, ...] = (
     Setting("state_props_to_remove", "--state-props-to-remove", ("WORKER_STATE_PROPS_TO_REMOVE",),
             parse_list, ["configuration", "response"],
             "Top-level state keys removed from every step's output.", RUNS),
+    Setting("max_frame_bytes", "--max-frame-bytes", ("WORKER_MAX_FRAME_BYTES",), parse_int,
+            11_000_000,
+            "Largest WebSocket frame Lightning accepts (its max_frame_size): bigger events are "
+            "made to fit (dataclip withheld, log line or final state redacted, log batches "
+            "split). 0 = no limit (older Lightnings).", START, check=at_least(0)),
     # --- adaptors ---------------------------------------------------------------------------------
     Setting("repo_dir", "--repo-dir", ("WORKER_REPO_DIR",), parse_str, DEFAULT_REPO_DIR,
             "Adaptor repo (npm folder) shared by every executor.", REPO),

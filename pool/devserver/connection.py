@@ -118,6 +118,7 @@ class WorkerConnection:
                     await self.ws.close(1000, "idle timeout")
                     break
                 except ConnectionClosed:
+                    self._note_too_big()
                     break
                 self._route(data)
         finally:
@@ -127,6 +128,15 @@ class WorkerConnection:
             for inbox in self.inboxes.values():
                 inbox.put_nowait(None)
             log.info("worker disconnected: conn %s", self.id)
+
+    def _note_too_big(self) -> None:
+        """A frame over ``max_frame_bytes`` closed the socket with 1009, as Lightning's
+        ``max_frame_size`` does: recorded as a rejection so tests see why."""
+        sent = self.ws.protocol.close_sent
+        if sent is not None and sent.code == 1009:
+            log.warning("conn %s: closed with 1009: %s", self.id, sent.reason)
+            self.core.reject(self.id, None, "frame", None,
+                             f"message too big, socket closed with 1009: {sent.reason}")
 
     # -- receiving ---------------------------------------------------------------------------
 

@@ -60,6 +60,7 @@ class Core:
         self.rejections: list[dict] = []
         self.connections: list[dict] = []
         self.live: set[Any] = set()          # open WorkerConnection objects (loop thread only)
+        self.max_runs_per_claim: int | None = None  # None: up to the claim's demand
         self.refuse_until = 0.0  # fault: new worker sockets refused (HTTP 503) until then
         self.loop: asyncio.AbstractEventLoop | None = None
         self._t0 = time.monotonic()

@@ -39,7 +39,8 @@ def _queue_preference(payload: dict) -> list[str] | str:
 
 
 def handle_claim(core: Core, msg: Message) -> Reply:
-    """Hand out up to ``demand`` runs, each with a freshly signed run token."""
+    """Hand out up to ``demand`` runs (at most ``max_runs_per_claim`` when set), each with a
+    freshly signed run token."""
     payload = msg.payload
     if not isinstance(payload, dict) or "demand" not in payload or "worker_name" not in payload:
         raise ChannelCrash("claim payload must have 'demand' and 'worker_name' keys "
@@ -52,6 +53,8 @@ def handle_claim(core: Core, msg: Message) -> Reply:
     queues = _queue_preference(payload)
     if isinstance(queues, str):
         return Reply("error", {"queues": [queues]})
+    if core.max_runs_per_claim is not None:  # like OpenFn's lightning-mock: one run a claim
+        demand = min(demand, core.max_runs_per_claim)
     runs = core.book.claim(demand, queues, worker_name or None)
     granted: list[tuple[Run, int]] = [(run, run.claim_generation) for run in runs]
     response: dict[str, Any] = {"runs": [

@@ -95,9 +95,14 @@ class DevServer:
                  secret: str | None = None, private_key_b64: str | None = None,
                  run_token_lifetime_s: float | None = None, join_timeout_s: float = 30.0,
                  idle_timeout_s: float = 60.0, record_frames: bool = True,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, max_runs_per_claim: int | None = None,
+                 max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
         """``record_frames=False`` keeps ``frames`` empty: soak runs send millions of frames.
-        ``tls``: serve ``wss://`` with this server context (as Lightning behind TLS)."""
+        ``tls``: serve ``wss://`` with this server context (as Lightning behind TLS).
+        ``max_runs_per_claim``: hand out at most that many runs per claim whatever the demand
+        (OpenFn's lightning-mock gives one). ``max_frame_bytes``: the largest frame accepted
+        from a worker; a larger one closes the socket with code 1009, as Lightning's
+        ``max_frame_size`` does."""
         self.host = host
         self.tls = tls
         self.port = port
@@ -108,6 +113,8 @@ class DevServer:
         self.public_key_b64 = tokens.public_key_b64
         self.core = Core(self.secret, tokens, run_token_lifetime_s, join_timeout_s, idle_timeout_s)
         self.core.record_frames = record_frames
+        self.core.max_runs_per_claim = max_runs_per_claim
+        self.max_frame_bytes = max_frame_bytes
         self.frames = self.core.frames
         self.rejections = self.core.rejections
         self.connections = self.core.connections
@@ -143,7 +150,7 @@ class DevServer:
         self.core.loop = asyncio.get_running_loop()
         self._stopping = self.core.loop.create_future()
         async with serve(self._handle, self.host, self.port, process_request=upgrade_checker(self.core),
-                         max_size=MAX_FRAME_BYTES, ping_interval=None, close_timeout=2,
+                         max_size=self.max_frame_bytes, ping_interval=None, close_timeout=2,
                          compression="deflate", ssl=self.tls) as server:
             self.port = server.sockets[0].getsockname()[1]
             ready.set()

@@ -2,7 +2,8 @@
 
 A thread reads the socketpair (blocking reads, so the loop never waits on two things at once)
 and only enqueues; the executor's loop decides (DESIGN.md, "One loop owns the state"). The
-standby thread enqueues a wake-up when a shim finished booting.
+standby thread enqueues a wake-up when a shim finished booting, the shim watcher a notice
+when the idle shim died.
 """
 
 from __future__ import annotations
@@ -15,7 +16,7 @@ from typing import Any
 
 from pool.executor import protocol
 
-MESSAGE, EOF, WAKE = "message", "eof", "wake"
+MESSAGE, EOF, WAKE, SHIM_DIED = "message", "eof", "wake", "shim-died"
 
 
 class Inbox:
@@ -34,6 +35,10 @@ class Inbox:
 
     def wake(self) -> None:
         self._queue.put((WAKE, None))
+
+    def shim_died(self, pid: int) -> None:
+        """The shim being watched (shim_watch.py) exited: the loop replaces it."""
+        self._queue.put((SHIM_DIED, pid))
 
     def _read(self) -> None:
         while True:

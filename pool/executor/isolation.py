@@ -41,6 +41,7 @@ from typing import Any
 
 from pool.adaptors import Adaptor, AdaptorError, AdaptorRepo
 from pool.executor.shim import Shim, ShimBootError
+from pool.executor.shim_watch import is_alive
 
 # why a shim was replaced: the ``recycled`` message's ``cause``
 RUNS, RSS, CRASH, TIMEOUT, OOM, CANCEL = "runs", "rss", "crash", "timeout", "oom", "cancel"
@@ -203,8 +204,12 @@ class Mode:
         return None
 
     def take(self, memory_mb: int, adaptors: list[str]) -> tuple[WarmShim, bool]:
-        """``(shim, dedicated)`` for a run; a dedicated shim is discarded after it."""
+        """``(shim, dedicated)`` for a run, checked alive; a dedicated shim is discarded after
+        it."""
         raise NotImplementedError
+
+    def replace_idle(self) -> None:
+        """The idle shim died: start its replacement (``is_ready`` says when it is warm)."""
 
     def cache_key(self, run_id: str) -> str:
         return run_id
@@ -250,12 +255,20 @@ class Strict(Mode):
     def idle(self) -> WarmShim | None:
         return self.standby.peek()
 
+    def replace_idle(self) -> None:
+        if self.standby.peek() is not None:
+            self.standby.take(0).discard()
+        self.standby.request(self.memory_mb, self.recent)
+
     def take(self, memory_mb: int, adaptors: list[str]) -> tuple[WarmShim, bool]:
         if memory_mb > self.memory_mb:
             return self.factory.boot(memory_mb, []), True
         try:
             shim = self.standby.take(self.factory.boot_timeout * 2)
         except ShimBootError:  # the standby failed: this run boots its own, the next retries
+            shim = self.factory.boot(memory_mb, adaptors)
+        if not is_alive(shim.pid):  # killed while the previous run executed: never hand it on
+            _dead(shim)
             shim = self.factory.boot(memory_mb, adaptors)
         self.recent = list(dict.fromkeys([*self.factory.prewarm, *adaptors]))
         self.standby.request(self.memory_mb, self.recent)
@@ -292,6 +305,9 @@ class Context(Mode):
         assert self.shim is not None
         if memory_mb > self.shim.memory_mb:
             return self.factory.boot(memory_mb, []), True
+        if not is_alive(self.shim.pid):  # died since the watcher last looked
+            _dead(self.shim)
+            self.boot()
         self.recent = list(dict.fromkeys([*self.recent, *adaptors]))
         return self.shim, False
 
@@ -309,6 +325,12 @@ class Context(Mode):
             self.shim = None
             self.boot()
         return cause
+
+    def replace_idle(self) -> None:
+        if self.shim is not None:
+            self.shim.discard()
+            self.shim = None
+        self.boot()
 
     def close(self) -> None:
         if self.shim is not None:
@@ -332,6 +354,13 @@ class Cold(Mode):
     def finish(self, shim: WarmShim, dedicated: bool, cause: str | None) -> str | None:
         shim.discard()
         return None
+
+
+def _dead(shim: WarmShim) -> None:
+    """A shim found dead as a run was handed to it: reaped; a fresh one takes the run."""
+    print(f"executor: shim {shim.pid} was dead when a run came; a fresh one takes it",
+          file=sys.stderr, flush=True)
+    shim.discard()
 
 
 def _rss(shim: WarmShim) -> int:

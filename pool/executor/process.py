@@ -3,7 +3,9 @@
 Lifecycle: read ``init`` → check the repo and Node → boot the mode's shim(s) → ``ready`` → per
 ``run``: resolve/install its adaptors, hand it to a shim (``pool.executor.drive``), forward the
 events, dispose of the shim as the isolation mode says (``recycled`` when a warm shim is
-replaced) → ``ready`` again. ``stop`` exits 0; EOF on the socket (the supervisor is gone) exits
+replaced) → ``ready`` again. An idle shim that dies is seen when it dies (``shim_watch``):
+``shim-lost`` tells the supervisor the executor is not ready, the shim is replaced
+(``recycled``, cause ``crash``), then ``ready`` again. ``stop`` exits 0; EOF on the socket (the supervisor is gone) exits
 at once. A boot failure is one line on stderr and a ``boot-failed`` {reason} message, then exit
 code 3, so the supervisor stops respawning instead of looping.
 """
@@ -22,7 +24,8 @@ from pool.executor import noop, protocol
 from pool.executor.config import ConfigError, ExecutorConfig, Limits
 from pool.executor.drive import RunDriver, RunEnd, send_run_complete
 from pool.executor.handle import BOOT_FAILED
-from pool.executor.inbox import EOF, MESSAGE, WAKE, Inbox
+from pool.executor.inbox import EOF, MESSAGE, SHIM_DIED, WAKE, Inbox
+from pool.executor.shim_watch import ShimWatch, is_alive
 
 MB = 1024 * 1024
 DEFAULT_STATE_PROPS_TO_REMOVE = ("configuration", "response")  # ws-worker's default
@@ -47,6 +50,7 @@ class Executor:
         self.ready_pending = True
         self.recycled: list[dict[str, Any]] = []
         self.stopping = False
+        self.watch: ShimWatch | None = None
 
     # --- talking to the supervisor -----------------------------------------------------------------
     def send(self, message: dict[str, Any]) -> None:
@@ -96,6 +100,7 @@ class Executor:
             self.mode.boot()
         except (ShimBootError, ShimExited) as exc:
             raise BootFailure(f"the Node shim did not start: {_one_line(exc)}") from None
+        self.watch = ShimWatch(self.inbox.shim_died)
 
     @staticmethod
     def _check_repo(repo_dir: str) -> None:
@@ -114,12 +119,16 @@ class Executor:
         try:
             while not self.stopping:
                 self._maybe_ready()
+                self._watch_idle_shim()
                 item = self.inbox.get()
                 assert item is not None
                 kind, message = item
                 if kind == EOF:
                     return protocol.EXIT_OK
                 if kind == WAKE:
+                    continue
+                if kind == SHIM_DIED:
+                    self._replace_dead_shim(message)
                     continue
                 assert kind == MESSAGE
                 self._handle(message)
@@ -141,6 +150,31 @@ class Executor:
             print(f"executor: ignoring unexpected message {kind!r} while idle",
                   file=sys.stderr, flush=True)
 
+    def _watch_idle_shim(self) -> None:
+        """Watch the shim that will take the next run while the executor waits."""
+        if self.watch is not None and self.mode is not None:
+            idle = self.mode.idle()
+            self.watch.watch(idle.pid if idle is not None else None)
+
+    def _replace_dead_shim(self, pid: int) -> None:
+        """The idle shim died: not ready until a new one is warm (a run handed over meanwhile
+        waits for it in ``take``)."""
+        from pool.executor.isolation import CRASH
+        from pool.executor.shim import ShimBootError, ShimExited
+
+        idle = self.mode.idle() if self.mode is not None else None
+        if idle is None or idle.pid != pid:
+            return  # already replaced, or taken by a run (which checks it itself)
+        print(f"executor: the idle shim (pid {pid}) died; replacing it", file=sys.stderr,
+              flush=True)
+        self.send({"type": protocol.SHIM_LOST, "shim_pid": pid})
+        try:
+            self.mode.replace_idle()
+        except (ShimBootError, ShimExited) as exc:
+            raise BootFailure(f"the replacement shim did not start: {_one_line(exc)}") from None
+        self.recycled.append({"type": protocol.RECYCLED, "cause": CRASH, "old_shim_pid": pid})
+        self.ready_pending = True
+
     def _maybe_ready(self) -> None:
         if not self.ready_pending or self.stopping:
             return
@@ -153,6 +187,9 @@ class Executor:
             except ShimBootError as exc:
                 raise BootFailure(f"the standby shim did not start: {_one_line(exc)}") from None
         idle = self.mode.idle() if self.mode is not None else None
+        if idle is not None and not is_alive(idle.pid):  # e.g. a standby killed during a run
+            self._replace_dead_shim(idle.pid)
+            return
         for recycled in self.recycled:
             self.send(dict(recycled, new_shim_pid=idle.pid if idle else None))
         self.recycled.clear()
@@ -260,6 +297,8 @@ class Executor:
             raise SupervisorGone("the supervisor closed the socket during a run")
 
     def close(self) -> None:
+        if self.watch is not None:
+            self.watch.close()
         if self.mode is not None:
             self.mode.close()
         if self.home:

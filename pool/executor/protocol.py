@@ -31,6 +31,8 @@ LOG = "log"
 STEP_COMPLETE = "step-complete"
 RUN_COMPLETE = "run-complete"
 RECYCLED = "recycled"
+# the idle shim died: the executor is replacing it and is not ready until its next ``ready``
+SHIM_LOST = "shim-lost"
 
 # executor exit codes
 EXIT_OK = 0

@@ -32,7 +32,10 @@ LOG_LEVELS = ("success", "always", "info", "warn", "error", "debug")
 ERROR_PATH_REASONS = ("crash", "kill", "exception")
 TOO_LARGE = "DATACLIP_TOO_LARGE"
 TOO_LARGE_LOG = "Dataclip exceeds payload limit: output will not be sent back to the app."
+REDACTED = "[REDACTED]"
+UNDELIVERABLE_TYPE = "ExecutionError"  # ws-worker's catch-all for a worker-side exception
 MB = 1024 * 1024
+_COMPACT = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 ENGINE_KEYS = ("worker", "node", "engine", "compiler", "runtime")
 
 Event = tuple[str, dict[str, Any]]
@@ -98,6 +101,18 @@ def versions_banner(versions: dict[str, Any]) -> str:
 
 def _as_list(value: Any) -> list[str]:
     return [str(v) for v in value] if isinstance(value, list) else [str(value)]
+
+
+def encoded_size(payload: Any) -> int:
+    """UTF-8 bytes of ``payload`` as compact JSON, as it goes into a frame."""
+    return len(_COMPACT.encode(payload).encode())
+
+
+def frame_limit_notice(limit_bytes: int) -> list[str]:
+    """What a log line too big for Lightning's frame limit becomes (ws-worker's wording for
+    its log payload limit, naming the frame limit instead)."""
+    return [f"(Log message redacted: exceeds the {js_number(round(limit_bytes / MB, 2))}mb "
+            f"frame limit)"]
 
 
 def error_complete(reason: str, error_type: str | None, error_message: str | None) -> dict:
@@ -236,7 +251,7 @@ class RunEvents:
         payload["timestamp"] = timestamp(msg.get("time_us") or self.clock())
         state_text = msg.get("state")
         state = _parse_state(state_text)
-        if msg.get("redacted") or _is_redacted(state):
+        if msg.get("redacted"):  # a field of the event, never a key of the state (engine-multi)
             output_id = None
             events.append((RUN_LOG, self._log([TOO_LARGE_LOG], "R/T", "info",
                                               self.clock(), step_id)))
@@ -292,6 +307,55 @@ class RunEvents:
         events.append((RUN_COMPLETE, payload))
         return events
 
+    # -- making events fit Lightning's frame limit ------------------------------------------------
+    def fit(self, event: str, payload: dict[str, Any], limit: int) -> list[Event] | None:
+        """What to send instead of an event whose frame would be over ``limit`` bytes (the
+        payload's share of the frame), as ws-worker handles a payload over its limit; None when
+        the event cannot be made smaller. The caller checks the result fits.
+
+        * ``step:complete``: the output dataclip is withheld (``DATACLIP_TOO_LARGE``, the R/T
+          line first, the step still completes and later steps get no input id); a payload
+          still too big loses its ``webhook_response`` and a long error message is cut.
+        * ``run:complete``: the final state's ``data`` becomes ``"[REDACTED]"`` (its other keys
+          stay), or the whole state when that is still too big.
+        * a log line: its message becomes a notice naming the frame limit.
+        """
+        if event == STEP_COMPLETE:
+            return self._fit_step_complete(payload, limit)
+        if event == RUN_COMPLETE and "final_state" in payload:
+            final = payload["final_state"]
+            smaller = dict(payload)
+            smaller["final_state"] = ({**final, "data": REDACTED} if isinstance(final, dict)
+                                      else {"data": REDACTED})
+            if encoded_size(smaller) > limit:
+                smaller["final_state"] = {"data": REDACTED}
+            log.warning("run %s: the final state is over the frame limit: its data is sent as "
+                        "%s", self.run_id, REDACTED)
+            return [(RUN_COMPLETE, smaller)]
+        if event == RUN_LOG:
+            return [(RUN_LOG, {**payload, "message": frame_limit_notice(limit)})]
+        return None
+
+    def _fit_step_complete(self, payload: dict[str, Any], limit: int) -> list[Event]:
+        events: list[Event] = []
+        smaller = dict(payload)
+        step_id = smaller["step_id"]
+        if "output_dataclip_id" in smaller:
+            withheld = smaller.pop("output_dataclip_id")
+            smaller.pop("output_dataclip", None)
+            smaller["output_dataclip_error"] = TOO_LARGE
+            self.outputs[step_id] = None
+            self.leaves = [None if d == withheld else d for d in self.leaves]
+            events.append((RUN_LOG, self._log([TOO_LARGE_LOG], "R/T", "info", self.clock(),
+                                              step_id)))
+        if encoded_size(smaller) > limit:
+            smaller.pop("webhook_response", None)
+            message = smaller.get("error_message")
+            if isinstance(message, str) and len(message) > 1024:
+                smaller["error_message"] = message[:1024] + "… (cut: over the frame limit)"
+        events.append((STEP_COMPLETE, smaller))
+        return events
+
     def _close_open_step(self, step_id: str, start: dict[str, Any], reason: str,
                          error_type: str | None, error_message: str | None) -> list[Event]:
         started = int(start.get("time_us") or self.clock())
@@ -300,6 +364,23 @@ class RunEvents:
             "error_type": error_type, "error_message": error_message, "state": "{}",
             "duration_ms": max(0, (self.clock() - started) // 1000), "next": [],
         })
+
+
+def ending_events(run_id: str, why: str, open_steps: dict[str, str], now: int) -> list[Event]:
+    """A run that cannot be reported as it went ends as an ``exception``: each step Lightning
+    has open (``step_id → job_id``) is completed with that reason and no dataclip, then the
+    final-status lines and ``run:complete``, all small."""
+    events: list[Event] = []
+    for step_id, job_id in open_steps.items():
+        events.append((STEP_COMPLETE, {
+            "step_id": step_id, "job_id": job_id, "reason": "exception",
+            "error_type": UNDELIVERABLE_TYPE, "error_message": why, "timestamp": timestamp(now)}))
+    events.append((RUN_LOG, log_payload(run_id, ["Run complete with status: exception"], "R/T",
+                                        "info", now)))
+    events.append((RUN_LOG, log_payload(run_id, [f"{UNDELIVERABLE_TYPE}: {why}"], "R/T",
+                                        "info", now)))
+    events.append((RUN_COMPLETE, error_complete("exception", UNDELIVERABLE_TYPE, why)))
+    return events
 
 
 def _parse_state(text: Any) -> Any:
@@ -311,7 +392,3 @@ def _parse_state(text: Any) -> Any:
         log.warning("state is not valid JSON; sent as text")
         return text
 
-
-def _is_redacted(state: Any) -> bool:
-    return isinstance(state, dict) and state.get("redacted") is True \
-        and state.get("data") == "[REDACTED]"

@@ -15,6 +15,12 @@ deliberate differences: every address the host resolves to is tried (IPv6 and IP
 ``localhost`` never fails on the wrong family; the connection is reopened after *any* close
 we did not ask for; and pushes already sent when the socket dropped are sent again after the
 channel rejoins (unless ``resend=False``), so a run's events are not lost to a restart.
+
+One push is never sent again: when Lightning closes the socket with code 1009 (message too
+big: a frame over its ``max_frame_size``), the largest push still waiting for a reply is the
+frame it refused (or one at least as large, so too big as well). Sending it again would only
+close the socket again, forever, so it settles with a ``too_big`` reply instead, and its owner
+decides what to send in its place; every other push in flight is sent again as usual.
 """
 
 from __future__ import annotations
@@ -52,6 +58,8 @@ VSN = "2.0.0"
 PHX_JOIN, PHX_LEAVE, PHX_REPLY = "phx_join", "phx_leave", "phx_reply"
 PHX_ERROR, PHX_CLOSE = "phx_error", "phx_close"
 KIND_PUSH, KIND_REPLY, KIND_BROADCAST = 0, 1, 2
+CLOSE_TOO_BIG = 1009  # RFC 6455: "message too big", what Lightning closes with over its limit
+TOO_BIG = "too_big"  # a Reply status: Lightning closed the socket on this push's frame
 
 Resolver = Callable[..., Sequence[tuple[Any, ...]]]
 # one encoder for every frame: json.dumps with options builds a new one per call
@@ -83,7 +91,8 @@ def build_socket_url(endpoint: str, token: str, worker_version: str) -> str:
 
 
 class Reply(NamedTuple):
-    """How a push ended: ``ok`` or ``error`` (Lightning's reply) or ``timeout`` (no reply).
+    """How a push ended: ``ok`` or ``error`` (Lightning's reply), ``timeout`` (no reply) or
+    ``too_big`` (Lightning closed the socket on its frame, code 1009; never sent again).
     (A tuple: one is made per reply on the supervisor's hot path.)"""
 
     status: str
@@ -141,6 +150,7 @@ class Push:
         self.resend = resend
         self.decode = decode
         self.ref: str | None = None
+        self.frame_bytes = 0  # the size of its last frame on the wire
         self.reply: Reply | None = None
         # made only for a thread that waits: most pushes are settled into a callback, and an
         # Event per push was a measurable share of the supervisor's CPU per run
@@ -429,7 +439,7 @@ class PhoenixSocket:
             self._on_connect_failed(*command[1:])
         elif kind == "closed":
             if command[1] == self._gen:
-                self._on_closed(command[2])
+                self._on_closed(*command[2:])
         elif kind == "join":
             self._join(command[1], command[2])
         elif kind == "push":
@@ -621,10 +631,11 @@ class PhoenixSocket:
         elif opcode == OP_PING:
             self._write(encode_frame(payload, OP_PONG))
         elif opcode == OP_CLOSE:
+            code = int.from_bytes(payload[:2], "big") if len(payload) >= 2 else None
             self._write(close_frame())
-            self._lose("closed by Lightning")
+            self._lose("closed by Lightning" + (f" (close code {code})" if code else ""), code)
 
-    def _lose(self, reason: str) -> None:
+    def _lose(self, reason: str, code: int | None = None) -> None:
         """Drop the connection now; its consequences (resends, reconnect) follow as a command,
         as they would from a reader thread, so whatever is mid-way finishes first."""
         sock = self._sock
@@ -639,10 +650,12 @@ class PhoenixSocket:
         with contextlib.suppress(OSError):
             sock.close()
         self._out = bytearray()
-        self._loop.call_from_thread(self._handle, ("closed", self._gen, reason))
+        self._loop.call_from_thread(self._handle, ("closed", self._gen, reason, code))
 
-    def _on_closed(self, reason: str) -> None:
+    def _on_closed(self, reason: str, code: int | None = None) -> None:
         self._state = "closed"
+        if code == CLOSE_TOO_BIG:
+            self._refuse_too_big()
         self._opened.clear()
         self._hb_ref = None
         for ref in list(self._joins):
@@ -665,6 +678,21 @@ class PhoenixSocket:
         log.warning("lost the connection to Lightning (%s); reconnecting in %ss", reason, delay)
         if self.on_close is not None:
             _safe_call(self.on_close, reason)
+
+    def _refuse_too_big(self) -> None:
+        """Lightning closed the socket as a frame was too big: the largest push waiting for a
+        reply is that frame, or one at least as large (see the module's docstring)."""
+        pending = [p for p in self._pending.values() if p.event != PHX_LEAVE]
+        if not pending:
+            return
+        culprit = max(pending, key=lambda p: p.frame_bytes)
+        assert culprit.ref is not None
+        del self._pending[culprit.ref]
+        log.error("Lightning closed the socket on %s to %s (%d bytes): message too big (close "
+                  "code 1009); it is not sent again", culprit.event, culprit.topic,
+                  culprit.frame_bytes)
+        culprit._settle(Reply(TOO_BIG, {"reason": "message too big (close code 1009)",
+                                        "frame_bytes": culprit.frame_bytes}))
 
     def _shutdown(self) -> None:
         self._stopped = True
@@ -814,11 +842,16 @@ class PhoenixSocket:
     def _send_push(self, ch: Channel, push: Push) -> None:
         push.ref = self._next_ref()
         self._pending[push.ref] = push
+        if self._sock is None:
+            return
         if push.encoded is None:
-            self._send([ch.join_ref, push.ref, ch.topic, push.event, push.payload])
-        elif self._sock is not None:
+            frame = encode_frame(_FRAME_ENCODER.encode(
+                [ch.join_ref, push.ref, ch.topic, push.event, push.payload]))
+        else:
             head = _FRAME_ENCODER.encode([ch.join_ref, push.ref, ch.topic, push.event])
-            self._write(encode_frame(f"{head[:-1]},{push.encoded}]"))
+            frame = encode_frame(f"{head[:-1]},{push.encoded}]")
+        push.frame_bytes = len(frame)
+        self._write(frame)
 
     def _leave(self, ch: Channel, push: Push) -> None:
         ch.wanted, ch.rejoin_at = False, None

@@ -89,9 +89,11 @@ export function stateText(state, limitMb) {
   let text = JSON.stringify(state);
   if (text === undefined) return { text: null, redacted: false };
   if (limitMb > 0 && Buffer.byteLength(text, 'utf8') > limitMb * 1024 * 1024) {
+    // only `data` is replaced; the flag goes on the event, never into the state (as
+    // engine-multi's ensure-payload-size does)
     const redacted = typeof state === 'object' && !Array.isArray(state)
-      ? { ...state, data: '[REDACTED]', redacted: true }
-      : { data: '[REDACTED]', redacted: true };
+      ? { ...state, data: '[REDACTED]' }
+      : { data: '[REDACTED]' };
     text = JSON.stringify(redacted);
     return { text, redacted: true };
   }

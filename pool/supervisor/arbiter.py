@@ -44,7 +44,13 @@ from typing import Any
 
 from pool.eventloop import EventLoop
 from pool.executor.handle import BOOT_FAILED, ExecutorGone
-from pool.executor.protocol import EXIT_BOOT_FAILURE, READY, RECYCLED, RUN_COMPLETE
+from pool.executor.protocol import (
+    EXIT_BOOT_FAILURE,
+    READY,
+    RECYCLED,
+    RUN_COMPLETE,
+    SHIM_LOST,
+)
 from pool.lightning.phoenix import PhoenixSocket, Push, Reply
 from pool.lightning.queue_channel import QueueChannel
 from pool.lightning.tokens import RunTokenError
@@ -74,6 +80,7 @@ from pool.supervisor.respawn import RespawnGuard
 from pool.supervisor.scaling import resize
 from pool.supervisor.session import DONE, REFUSED, RunSession
 from pool.supervisor.session import READY as SESSION_READY
+from pool.supervisor.sizing import cpu_count, cpu_warning
 from pool.supervisor.snapshot import ExecutorView, PoolSnapshot
 from pool.supervisor.timers import Timers
 from pool.undumpable import make_undumpable
@@ -87,6 +94,10 @@ REAP_EVERY_S = 1.0  # waitpid without a SIGCHLD: a safety net, not the way death
 QUIET_ITEMS = frozenset({"run_joined", "run_fetched", "run_sent", "executor_message"})
 STOP_FLUSH_S = 10.0  # after cancelling runs at the graceful deadline: time to report them
 EXECUTOR_STOP_S = 10.0
+# executors booting at once, at most: a pool growing by a hundred must not fork a hundred
+# interpreters and Node processes in one turn (the loop would serve nothing meanwhile and the
+# machine would thrash); the rest are spawned as these report ready
+BOOTING_AT_ONCE = max(4, 2 * cpu_count())
 
 
 class HaltServer(Exception):
@@ -190,8 +201,7 @@ class Arbiter:
         self.loop.bind()
         self.install_signals()
         try:
-            for _ in range(self.size):
-                self.spawn_executor()
+            self.manage_executors()  # the first executors; the rest as these boot
             while self.exit_code is None:
                 changed = self.handle_items(self.wait_for_items())
                 now = time.monotonic()
@@ -323,9 +333,16 @@ class Arbiter:
         """Resize live (the last workloop takes the change); kept across SIGHUP."""
         if self.draining:
             raise ValueError("the pool is stopping; it cannot be resized")
+        limit = self.config.max_size
+        if size > limit.size:
+            raise ValueError(f"cannot scale to {size}: over the pool's maximum of {limit.size} "
+                             f"({limit.why}); the pool is unchanged")
         old = self.size
         self.apply_workloops(resize(self.config.workloops, size))
         self.live_size = size
+        warning = cpu_warning(size)
+        if warning is not None:
+            log.warning("%s", warning)
         return f"size {size} (was {old})"
 
     def apply_workloops(self, workloops: tuple[Workloop, ...]) -> None:
@@ -460,7 +477,8 @@ class Arbiter:
                    if s.state not in (DEAD, STOPPING) and s.id not in self.old_generation]
         # a death the pool no longer needs to replace (it shrank since) is not a respawn
         self.unreplaced_deaths = min(self.unreplaced_deaths, max(0, self.size - len(current)))
-        for _ in range(self.size - len(current)):
+        booting = sum(1 for s in self.slots.values() if s.state == BOOTING)
+        for _ in range(min(self.size - len(current), BOOTING_AT_ONCE - booting)):
             if self.unreplaced_deaths and not self.may_respawn():
                 break
             self.spawn_executor()
@@ -546,17 +564,19 @@ class Arbiter:
                      message.get("cause"), message.get("old_shim_pid"),
                      message.get("new_shim_pid"))
             self.count("shim_recycled", cause=str(message.get("cause")))
+        elif kind == SHIM_LOST:
+            self.executor_unready(slot, message)
         elif kind == BOOT_FAILED:
             slot.boot_failure = str(message.get("reason") or "boot failed")
         else:
+            if kind == RUN_COMPLETE and message.get("run_id") == slot.run_id:
+                slot.run_over = self._stale = True  # its next ready frees it
             session = self.sessions.get(slot.run_id or "")
             if session is None or message.get("run_id") != slot.run_id:
                 log.warning("executor %s: %s for run %s, which it is not running; ignored",
                             slot.id, kind, message.get("run_id"))
                 return
             session.on_executor_message(message)
-            if kind == RUN_COMPLETE:
-                slot.run_over = self._stale = True
             self.advance(session)
 
     def executor_ready(self, slot: ExecutorSlot, message: dict[str, Any]) -> None:
@@ -565,6 +585,8 @@ class Arbiter:
         slot.ready = message
         if slot.state == RESERVED:
             return  # promised to a run already; nothing changes
+        if slot.state == BUSY and not slot.run_over:
+            return  # sent before it read the run (a shim replaced meanwhile): not free yet
         if slot.state == BUSY:
             slot.runs_done += 1
         slot.run_id, slot.run_dispatched, slot.run_over = None, False, False
@@ -577,12 +599,22 @@ class Arbiter:
                      message.get("runtime"), message.get("isolation"),
                      extra={"executor_pid": slot.pid})
         self.give_to_waiting(slot)
-        if not self._booted and all(s.state != BOOTING for s in self.slots.values()):
+        if not self._booted and len(self.slots) >= self.size and \
+                all(s.state != BOOTING for s in self.slots.values()):
             self._booted = True
             log.info("%d executors ready; connecting to Lightning at %s", self.size,
                      self.config.lightning_url)
             self.socket.connect()
             self.queue.join()
+
+    def executor_unready(self, slot: ExecutorSlot, message: dict[str, Any]) -> None:
+        """Its idle shim died: booting again (no run is given to it) until its next ready."""
+        log.warning("executor %s: its idle shim (pid %s) died; it is replacing it", slot.id,
+                    message.get("shim_pid"), extra={"executor_pid": slot.pid})
+        self.count("shim_lost")
+        if slot.state == IDLE:
+            slot.state = BOOTING
+            slot.boot_deadline = time.monotonic() + self.config.boot_timeout
 
     def give_to_waiting(self, slot: ExecutorSlot) -> None:
         """A run whose reserved executor died takes the next one that is ready."""
@@ -687,12 +719,14 @@ class Arbiter:
         if not self.may_claim():
             return
         free = self.free_executors()
-        for index, demand in self.admission.plan_claims(free, now):
+        for index, demand, follow_up in self.admission.plan_claims(free, now):
             loop = self.config.workloops[index]
             self.queue.claim(demand, self.config.worker_name, loop.queues,
                              callback=lambda push, i=index, d=demand: self.post(
                                  ("claim_replied", i, d, push)))
             self.count("claim_sent", workloop=loop.name, demand=str(demand))
+            if follow_up:
+                self.count("claim_after_runs", workloop=loop.name)
         due = self.admission.next_claim_due(free)  # claims reserve nothing until answered
         self._claim_due = float("inf") if due is None else due
 
@@ -735,8 +769,9 @@ class Arbiter:
         slot = self.idle_slot()
         if slot is not None:
             self.reserve(slot, session)
-        else:  # cannot happen with correct accounting; the run waits rather than queue
-            log.error("run %s: no idle executor for a claimed run; it waits for one", run_id)
+        else:  # its executor went back to booting since the claim (its idle shim died)
+            log.warning("run %s: no idle executor for a claimed run; it waits for the next "
+                        "one ready", run_id)
             self.waiting_for_executor.append(run_id)
         self.timers.call_at(session.deadline, self.check_run_deadline, run_id)
         session.join()
@@ -760,6 +795,14 @@ class Arbiter:
             session.on_sent(tag, push)
             self.advance(session)
 
+    def on_run_undeliverable(self, run_id: str) -> None:
+        """A run's event cannot reach Lightning, so the run is ended (session.py): stop it."""
+        session = self.sessions.get(run_id)
+        slot = self.slots.get(session.slot_id) if session and session.slot_id else None
+        if slot is not None and slot.state == BUSY and slot.run_id == run_id:
+            with contextlib.suppress(ExecutorGone):  # gone: its reader reports the death
+                slot.handle.cancel(run_id)
+
     def advance(self, session: RunSession) -> None:
         """Act on a session's new state: dispatch it, drop it, or complete it."""
         if session.state == SESSION_READY and session.slot_id is not None:
@@ -776,7 +819,7 @@ class Arbiter:
         slot = self.slots[session.slot_id]  # type: ignore[index]
         converted = session.converted
         assert converted is not None
-        slot.state, slot.run_dispatched = BUSY, True
+        slot.state, slot.run_dispatched, slot.run_over = BUSY, True, False
         session.dispatched(slot.id)
         try:
             slot.handle.run(session.run_id, converted.plan, session.input, converted.limits,
@@ -827,12 +870,21 @@ class Arbiter:
 
     # -- the end ----------------------------------------------------------------------------------
     def shutdown(self) -> None:
-        """Stop every executor and close the connection (also after a halt)."""
-        for slot in list(self.slots.values()):
-            if slot.state != DEAD:
-                slot.state = STOPPING
-                self.loop.remove_reader(slot.fd)
-                slot.handle.close(timeout=EXECUTOR_STOP_S if self.exit_code == 0 else 1.0)
+        """Stop every executor and close the connection (also after a halt). All are told at
+        once and share one deadline; one still booting has no run and is killed at once (it
+        would read ``stop`` only once booted)."""
+        deadline = time.monotonic() + (EXECUTOR_STOP_S if self.exit_code == 0 else 1.0)
+        slots = [s for s in self.slots.values() if s.state != DEAD]
+        for slot in slots:
+            self.loop.remove_reader(slot.fd)
+            if slot.state == BOOTING:
+                slot.handle.kill()
+            else:
+                with contextlib.suppress(ExecutorGone):
+                    slot.handle.stop(graceful=False)
+            slot.state = STOPPING
+        for slot in slots:
+            slot.handle.close(timeout=max(0.0, deadline - time.monotonic()))
         self.slots.clear()
         if self.queue_joined:
             leave, until = self.queue.leave(), time.monotonic() + 2.0

@@ -32,11 +32,13 @@ from pool.lightning.workloops import (
     parse_backoff,
     parse_workloops,
 )
+from pool.supervisor.sizing import MaxSize, cpu_warning, default_max_size
 
 EXIT_SETTINGS = 2
 EXIT_BOOT_FAILURE = 3
 # How long after its deadline (token expiry or run timeout) a run's kept events are given up.
 RUN_GRACE_S = 60.0
+MIN_FRAME_BYTES = 16 * 1024  # room for any event once its dataclip or state is left out
 
 
 class StartupError(Exception):
@@ -71,6 +73,10 @@ class SupervisorConfig:
     batch_limit: int
     # bytes of one run's events kept while Lightning is slow or unreachable (logs dropped above)
     outbox_cap_bytes: int
+    # Lightning's max_frame_size: no frame sent is larger (None: no limit, older Lightnings)
+    frame_limit_bytes: int | None = None
+    # the largest size accepted at start and by scale, and where the figure comes from
+    max_size: MaxSize = MaxSize(1_000_000, "no maximum given")
 
     @property
     def size(self) -> int:
@@ -113,6 +119,11 @@ def load_config(settings: Any, worker_id: str | None = None) -> SupervisorConfig
         raise StartupError(f"--isolation must be one of {', '.join(ISOLATION_MODES)}, "
                            f"got {settings.isolation!r}")
     check_allowlist(settings)
+    if 0 < settings.max_frame_bytes < MIN_FRAME_BYTES:
+        raise StartupError(f"WORKER_MAX_FRAME_BYTES must be 0 (no limit) or at least "
+                           f"{MIN_FRAME_BYTES} (every event must fit once made smaller), got "
+                           f"{settings.max_frame_bytes}")
+    max_size = check_size(settings, sum(loop.capacity for loop in workloops))
     collections = resolve_collections(settings)
     graceful = settings.graceful_timeout
     return SupervisorConfig(
@@ -135,6 +146,8 @@ def load_config(settings: Any, worker_id: str | None = None) -> SupervisorConfig
         batch_interval_s=settings.batch_interval / 1000.0,
         batch_limit=int(settings.batch_limit),
         outbox_cap_bytes=int(settings.outbox_cap_mb * 1024 * 1024),
+        frame_limit_bytes=int(settings.max_frame_bytes) or None,
+        max_size=max_size,
     )
 
 
@@ -154,6 +167,26 @@ def check_allowlist(settings: Any) -> None:
         settings.warnings.append(
             f"WORKER_COLLECTIONS_URL is set but WORKER_ADAPTOR_ALLOWLIST does not permit "
             f"{COLLECTIONS_ADAPTOR}: runs that use collections will fail")
+
+
+def check_size(settings: Any, size: int) -> MaxSize:
+    """The maximum size (sizing.py), with ``size`` refused above it; CPU only warns."""
+    if settings.max_size is not None:
+        if settings.max_size < 1:
+            raise StartupError(f"WORKER_MAX_POOL_SIZE must be at least 1, got "
+                               f"{settings.max_size}")
+        max_size = MaxSize(int(settings.max_size),
+                           f"--max-size/WORKER_MAX_POOL_SIZE ({settings.source('max_size')})")
+    else:
+        max_size = default_max_size(settings.isolation)
+    if size > max_size.size:
+        raise StartupError(f"size {size} is over the pool's maximum of {max_size.size} "
+                           f"({max_size.why}): lower --size/WORKER_CAPACITY, or raise "
+                           f"--max-size/WORKER_MAX_POOL_SIZE if the machine can hold it")
+    warning = cpu_warning(size)
+    if warning is not None:
+        settings.warnings.append(warning)
+    return max_size
 
 
 def resolve_collections(settings: Any) -> Collections | None:

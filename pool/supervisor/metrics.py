@@ -80,6 +80,10 @@ class PoolMetrics:
         self.claims_with_runs = Counter("poolctl_claims_with_runs",
                                         "Claim replies that carried at least one run.",
                                         registry=r)
+        self.claims_after_runs = Counter(
+            "poolctl_claims_after_runs",
+            "Claims sent at once after a claim that brought runs (ws-worker waits its minimum "
+            "backoff first; these are the claims that difference adds).", registry=r)
         self.runs_claimed = Counter("poolctl_runs_claimed", "Runs received in claim replies.",
                                     registry=r)
         self.reconnects = Counter("poolctl_reconnects", "Reconnections to Lightning's socket.",
@@ -87,6 +91,18 @@ class PoolMetrics:
         self.events_dropped = Counter("poolctl_events_dropped",
                                       "Run-channel events given up on, by event and why.",
                                       ["event", "reason"], registry=r)
+        self.events_fitted = Counter(
+            "poolctl_events_fitted",
+            "Run events made smaller to fit Lightning's frame limit (a dataclip withheld, a log "
+            "line or final state redacted), by event.", ["event"], registry=r)
+        self.frames_too_big = Counter(
+            "poolctl_frames_too_big",
+            "Run events Lightning closed the socket on as too big (close code 1009), or that "
+            "could not be made to fit; each ends its run as an exception.", ["event"],
+            registry=r)
+        self.shims_lost = Counter("poolctl_shims_lost",
+                                  "Idle shims that died and were replaced before a run came.",
+                                  registry=r)
         self.run_tokens_refused = Counter("poolctl_run_tokens_refused",
                                           "Claimed runs whose token failed verification.",
                                           registry=r)
@@ -126,6 +142,14 @@ class PoolMetrics:
             self.claim_demand.inc(int(labels.get("demand", 0)))
         elif name == "claim_returned_runs":
             self.claims_with_runs.inc()
+        elif name == "claim_after_runs":
+            self.claims_after_runs.inc()
+        elif name == "event_fitted":
+            self.events_fitted.labels(labels.get("event", "unknown")).inc()
+        elif name == "frame_too_big":
+            self.frames_too_big.labels(labels.get("event", "unknown")).inc()
+        elif name == "shim_lost":
+            self.shims_lost.inc()
         elif name == "run_claimed":
             self.runs_claimed.inc()
         elif name == "reconnected":

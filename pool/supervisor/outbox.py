@@ -13,6 +13,13 @@ Rules (lightning-protocol.md §6.3, DESIGN "A joined run always ends with run:co
 * No reply in time: a log event is not sent again (it may have landed; a second copy would
   duplicate it), a lifecycle event is sent again, same ids, until any reply comes — an error
   reply to a resend means the first copy landed.
+* Lightning's frame limit (``WORKER_MAX_FRAME_BYTES``, its ``max_frame_size``) bounds what is
+  actually sent, the encoded frame: an event too big is made to fit as it is queued (the
+  session's ``fit``: dataclip withheld, log line or final state redacted) and log batches are
+  split by encoded size. An event that cannot be made to fit, or that Lightning closed the
+  socket on all the same (close code 1009: a limit lower than the setting), is never sent
+  again: the run ends as an ``exception`` that says why (the session's ``end``), so the socket
+  is not closed again and again by the same frame and the next runs flow.
 * The socket is down: nothing new is sent; what was in flight is sent again after the rejoin.
   Kept events are bounded in bytes (``WORKER_OUTBOX_CAP_MB``): above the cap, log lines are
   dropped, oldest first (the last lines usually say how the run ended); lifecycle events never
@@ -30,8 +37,16 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
-from pool.lightning.payloads import BATCH_LOGS, RUN_COMPLETE, RUN_LOG, STEP_COMPLETE, batch_payload
-from pool.lightning.phoenix import Reply, describe_failure
+from pool.lightning.payloads import (
+    BATCH_LOGS,
+    RUN_COMPLETE,
+    RUN_LOG,
+    STEP_COMPLETE,
+    STEP_START,
+    Event,
+    batch_payload,
+)
+from pool.lightning.phoenix import TOO_BIG, Reply, describe_failure
 from pool.supervisor.timers import Timers
 
 log = logging.getLogger(__name__)
@@ -44,9 +59,15 @@ MB = 1024 * 1024
 # each event is encoded once, when queued: its size counts against the cap and the same text
 # goes into the frame (json.dumps with options would build a new encoder per event)
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
+# the frame around a payload: ``["12","345","run:<uuid>","step:complete",`` and the WebSocket
+# header, with room to spare; a batch adds ``{"run_id":"<uuid>","logs":[...]}``
+ENVELOPE_BYTES = 256
+UTF8_MAX = 4  # bytes per character at most: a text this short surely fits, unmeasured
 
 Send = Callable[[str, dict[str, Any], int, str | None], None]
 Count = Callable[..., None]
+Fit = Callable[[str, dict[str, Any], int], list[Event] | None]
+End = Callable[[str, dict[str, str]], list[Event]]
 
 
 @dataclass
@@ -56,6 +77,7 @@ class Outgoing:
     kind: str
     text: str | None  # the payload as sent; None once the payload changed after queueing
     size: int
+    wire: int = 0  # bytes it takes in a frame: exact when large, else an upper bound
 
 
 @dataclass
@@ -75,7 +97,8 @@ class Outbox:
     def __init__(self, run_id: str, send: Send, timers: Timers, count: Count, *,
                  batch_logs: bool, batch_interval_s: float, batch_limit: int,
                  cap_bytes: int, on_withhold: Callable[[str, str], None],
-                 on_finished: Callable[[], None]) -> None:
+                 on_finished: Callable[[], None], frame_limit: int | None = None,
+                 fit: Fit | None = None, end: End | None = None) -> None:
         self.run_id = run_id
         self._send = send
         self._timers = timers
@@ -86,6 +109,13 @@ class Outbox:
         self.cap_bytes = cap_bytes
         self._on_withhold = on_withhold
         self._on_finished = on_finished
+        # the payload's share of a frame (None: no limit); fit and end: see the docstring
+        self.payload_limit = None if not frame_limit else frame_limit - ENVELOPE_BYTES
+        self._fit = fit
+        self._end = end
+        self.lightning_steps: dict[str, str] = {}  # step_id → job_id Lightning has open
+        self.ended = False  # the run was ended early: later events are not sent
+        self._ending: str | None = None  # why, until the events that end it are queued
         self.queue: deque[Outgoing] = deque()
         self.bytes = 0
         self.inflight: InFlight | None = None
@@ -97,13 +127,77 @@ class Outbox:
 
     # -- input ------------------------------------------------------------------------------
     def add(self, events: list[tuple[str, dict[str, Any]]], log_kind: str = LOG) -> None:
-        """Queue events in order; ``log_kind`` says whether their log lines may be batched."""
+        """Queue events in order; ``log_kind`` says whether their log lines may be batched.
+        Each is made to fit the frame limit here, once."""
+        if self.ended:
+            return
         for event, payload in events:
-            kind = log_kind if event == RUN_LOG else LIFECYCLE
-            text = _ENCODER.encode(payload)
-            self.queue.append(Outgoing(event, payload, kind, text, len(text)))
-            self.bytes += len(text)
+            item = self._fitted(event, payload, log_kind)
+            if item is None:
+                return  # the run was ended instead
+            for one in item:
+                self.queue.append(one)
+                self.bytes += one.size
         self._enforce_cap()
+        self.pump()
+
+    def _outgoing(self, event: str, payload: dict[str, Any], log_kind: str) -> Outgoing:
+        kind = log_kind if event == RUN_LOG else LIFECYCLE
+        text = _ENCODER.encode(payload)
+        item = Outgoing(event, payload, kind, text, len(text), UTF8_MAX * len(text))
+        limit = self.payload_limit
+        if limit is not None and item.wire > limit and item.size <= limit:
+            item.wire = len(text.encode())  # large: measured exactly
+        elif limit is not None and item.size > limit:
+            item.wire = item.size  # over the limit whatever its characters take
+        return item
+
+    def _fitted(self, event: str, payload: dict[str, Any],
+                log_kind: str) -> list[Outgoing] | None:
+        """The event ready to queue, made smaller when its frame would be too big; None when
+        it cannot be, and the run was ended instead."""
+        item = self._outgoing(event, payload, log_kind)
+        limit = self.payload_limit
+        if limit is None or item.wire <= limit:
+            return [item]
+        smaller = self._fit(event, payload, limit) if self._fit is not None else None
+        items = [self._outgoing(e, p, log_kind) for e, p in smaller or []]
+        if smaller is None or any(i.wire > limit for i in items):
+            self.end_run(event, f"Lightning cannot take the run's {event} event: its "
+                         f"{item.wire}-byte payload is over the frame limit "
+                         f"(WORKER_MAX_FRAME_BYTES) even when made smaller")
+            return None
+        log.warning("run %s: %s of %d bytes is over the frame limit; sent made smaller (%s)",
+                    self.run_id, event, item.wire, ", ".join(e for e, _ in smaller))
+        self._count("event_fitted", event=event)
+        return items
+
+    def end_run(self, event: str, why: str, refused_in_flight: bool = False) -> None:
+        """``event`` cannot be delivered: nothing more of the run's own is sent; the run ends
+        as an exception saying ``why`` (the open steps closed first). An event already in
+        flight (not the refused one) still gets its reply first."""
+        log.error("run %s: %s; the run ends as an exception", self.run_id, why)
+        self._count("frame_too_big", event=event)
+        self.ended = True
+        if refused_in_flight:
+            self.inflight = None
+        self.batch_due = None
+        self.queue.clear()
+        self.bytes = 0
+        self._ending = why
+        if self.inflight is None:
+            self._queue_ending()
+
+    def _queue_ending(self) -> None:
+        """The events that end the run early, made once nothing is in flight (so the steps
+        Lightning has open are known)."""
+        why, self._ending = self._ending, None
+        if why is None or self._end is None:
+            return
+        for event, payload in self._end(why, dict(self.lightning_steps)):
+            item = self._outgoing(event, payload, LINE)
+            self.queue.append(item)
+            self.bytes += item.size
         self.pump()
 
     def pause(self) -> None:
@@ -159,12 +253,17 @@ class Outbox:
 
     def _pump_batch(self) -> None:
         lines = 0
+        room = None if self.payload_limit is None else self.payload_limit - ENVELOPE_BYTES
         for item in self.queue:
             if item.kind != LOG or lines == self.batch_limit:
                 break
+            if room is not None:
+                room -= item.wire + 1
+                if room < 0 and lines:
+                    break  # the batch is as large as a frame may be: it goes now
             lines += 1
         now = time.monotonic()
-        waiting_behind = lines < len(self.queue)
+        waiting_behind = lines < len(self.queue)  # another event, or lines for the next frame
         if lines >= self.batch_limit or waiting_behind or (
                 self.batch_due is not None and now >= self.batch_due):
             items = [self._pop() for _ in range(lines)]
@@ -194,7 +293,14 @@ class Outbox:
         if flight is None or tag != self.tag or self.finished:
             return  # a reply to a copy we no longer wait for
         if reply.status == "ok":
+            self._note_steps(flight)
             self._next()
+        elif reply.status == TOO_BIG:
+            size = (reply.response or {}).get("frame_bytes", "?")
+            self.end_run(flight.event, f"Lightning refused the run's {flight.event} event as "
+                         f"too big: it closed the socket on its {size}-byte frame (close code "
+                         f"1009, message too big); WORKER_MAX_FRAME_BYTES should be Lightning's "
+                         f"max_frame_size", refused_in_flight=True)
         elif reply.status == "timeout":
             self._on_timeout(flight)
         elif flight.resent:
@@ -209,6 +315,13 @@ class Outbox:
                         describe_failure(flight.event, reply))
             self._count("event_refused", event=flight.event)
             self._next()
+
+    def _note_steps(self, flight: InFlight) -> None:
+        """Which steps Lightning has open, to close them should the run have to end early."""
+        if flight.event == STEP_START:
+            self.lightning_steps[flight.payload["step_id"]] = flight.payload["job_id"]
+        elif flight.event == STEP_COMPLETE:
+            self.lightning_steps.pop(flight.payload["step_id"], None)
 
     def _on_timeout(self, flight: InFlight) -> None:
         if not self.channel_up:
@@ -245,6 +358,9 @@ class Outbox:
             self.finished = True
             self._report_dropped()
             self._on_finished()
+            return
+        if self._ending is not None:
+            self._queue_ending()
             return
         self.pump()
 

@@ -21,9 +21,11 @@ from typing import Any
 
 from pool.lightning.payloads import (
     RUN_COMPLETE,
+    Event,
     RunEvents,
     credential_error_message,
     dataclip_error_message,
+    ending_events,
     error_complete,
     now_us,
 )
@@ -74,7 +76,9 @@ class RunSession:
                              batch_logs=config.batch_logs,
                              batch_interval_s=config.batch_interval_s,
                              batch_limit=config.batch_limit, cap_bytes=config.outbox_cap_bytes,
-                             on_withhold=self._withhold, on_finished=self._finished)
+                             on_withhold=self._withhold, on_finished=self._finished,
+                             frame_limit=config.frame_limit_bytes, fit=self._fit_event,
+                             end=self._end_early)
 
     # -- channel ------------------------------------------------------------------------------
     def join(self) -> None:
@@ -226,6 +230,22 @@ class RunSession:
             return
         self.events.outputs[step_id] = None
         self.events.leaves = [None if d == dataclip_id else d for d in self.events.leaves]
+
+    def _fit_event(self, event: str, payload: dict[str, Any], limit: int) -> list[Event] | None:
+        """An event over the frame limit, made smaller (payloads.RunEvents.fit)."""
+        return self.events.fit(event, payload, limit) if self.events is not None else None
+
+    def _end_early(self, why: str, open_steps: dict[str, str]) -> list[Event]:
+        """An event could not be delivered: the run ends as an exception; what its executor
+        still sends is dropped, and the arbiter stops the run if it is still going."""
+        if self.events is not None:
+            self.events.completed = True
+        if not self.executor_done:
+            self.executor_done = True
+            self.post(("run_undeliverable", self.run_id))
+        self.reason = "exception"
+        self.state = REPORTING
+        return ending_events(self.run_id, why, open_steps, now_us())
 
     def _finished(self) -> None:
         self.state = DONE

@@ -120,3 +120,20 @@ def test_a_rotated_secret_refuses_the_old_one_unless_told_to_accept_both(
     RawPhoenix(server, worker_token(new)).close()
     assert kept.call("phoenix", "heartbeat", {}) == {"status": "ok", "response": {}}
     kept.close()
+
+
+def test_a_frame_over_the_limit_closes_the_socket_with_1009_like_lightning() -> None:
+    with DevServer(max_frame_bytes=100_000) as server:
+        big, good = RawPhoenix(server), RawPhoenix(server)
+        big.ws.send('[null,"1","phoenix","heartbeat",{"pad":"' + "x" * 100_000 + '"}]')
+        opcode, data = big.ws.recv_data(control_frame=True)
+        assert opcode == websocket.ABNF.OPCODE_CLOSE
+        assert int.from_bytes(data[:2], "big") == 1009  # message too big
+        big.ws.shutdown()  # hang up, as the worker does on a close
+        deadline = time.monotonic() + 10
+        while not server.rejections and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert "closed with 1009" in server.rejections[-1]["reason"]
+        # a frame within the limit is served as usual, on the other socket
+        assert good.call("phoenix", "heartbeat", {"pad": "x" * 90_000})["status"] == "ok"
+        good.close()

@@ -214,7 +214,7 @@ def test_too_large_output_is_withheld_and_downstream_input_omitted() -> None:
     runs = ledger(dataclip_id="clip")
     first = runs.on_message(step_start("s1", "a"))
     assert payload_of(first, "step:start")["input_dataclip_id"] == "clip"
-    redacted = {"data": "[REDACTED]", "redacted": True}
+    redacted = {"data": "[REDACTED]", "keep": 1}
     events = runs.on_message(step_complete("s1", "a", redacted, ["b"], redacted=True))
     assert events[0][1]["message"] == [TOO_LARGE_LOG] and events[0][1]["source"] == "R/T"
     complete = payload_of(events, "step:complete")
@@ -222,7 +222,7 @@ def test_too_large_output_is_withheld_and_downstream_input_omitted() -> None:
     assert "output_dataclip" not in complete and "output_dataclip_id" not in complete
     assert "input_dataclip_id" not in payload_of(runs.on_message(step_start("s2", "b", "s1")),
                                                  "step:start")
-    runs.on_message(step_complete("s2", "b", redacted, []))
+    runs.on_message(step_complete("s2", "b", redacted, [], redacted=True))
     done = payload_of(runs.on_message(run_complete(final=redacted)), "run:complete")
     assert "final_dataclip_id" not in done and done["final_state"] == redacted
 
@@ -347,3 +347,13 @@ def test_the_cheap_log_size_bound_never_lets_an_oversized_line_through() -> None
         assert not surely_within(message, size - 1), message
     assert surely_within(["hello"], 1024 * 1024)
     assert not surely_within([{"a": 1}], 1024 * 1024)  # objects are measured, not guessed
+
+
+def test_a_state_with_its_own_redacted_key_is_sent_whole() -> None:
+    # the flag is a field of the event (engine-multi); a user's key of that name is just data
+    runs = ledger()
+    runs.on_message(step_start("s1", "a"))
+    state = {"data": "[REDACTED]", "redacted": True}
+    complete = payload_of(runs.on_message(step_complete("s1", "a", state, [])), "step:complete")
+    assert json.loads(complete["output_dataclip"]) == state
+    assert "output_dataclip_error" not in complete

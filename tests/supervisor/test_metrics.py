@@ -43,6 +43,10 @@ def test_each_arbiter_count_lands_in_its_metric() -> None:
     m.count("executor_died", {"state": "busy"})
     m.count("executor_respawned", {})
     m.count("respawn_backoff", {})
+    m.count("claim_after_runs", {"workloop": "manual>*"})
+    m.count("event_fitted", {"event": "step:complete"})
+    m.count("frame_too_big", {"event": "run:complete"})
+    m.count("shim_lost", {})
     m.count("run_dispatched", {})  # tallied by the arbiter only: no metric, no error
     got = samples(m)
     assert got[("poolctl_runs_total", (("reason", "success"),))] == 1
@@ -65,6 +69,10 @@ def test_each_arbiter_count_lands_in_its_metric() -> None:
     assert got[("poolctl_executor_deaths_total", (("state", "busy"),))] == 1
     assert got[("poolctl_executor_respawns_total", ())] == 1
     assert got[("poolctl_respawn_backoffs_total", ())] == 1
+    assert got[("poolctl_claims_after_runs_total", ())] == 1
+    assert got[("poolctl_events_fitted_total", (("event", "step:complete"),))] == 1
+    assert got[("poolctl_frames_too_big_total", (("event", "run:complete"),))] == 1
+    assert got[("poolctl_shims_lost_total", ())] == 1
 
 
 def test_gauges_are_read_from_the_snapshot_at_scrape_time() -> None:
