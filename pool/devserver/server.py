@@ -33,7 +33,14 @@ What it checks, like Lightning (reference: shared/reference/lightning-protocol.m
       (30 s) goes back to available; so does a claim whose socket died before its reply.
       Enqueueing pushes ``work-available`` to every joined queue channel.
     * ``run:<id>`` join: token signature, ``iss``, ``id``, ``sub``, ``nbf``, ``exp`` →
-      ``{"reason": "unauthorized"}``; unknown run → ``{"reason": "not_found"}``.
+      ``{"reason": "unauthorized"}`` (so a rejoin with an expired token is refused); unknown
+      run → ``{"reason": "not_found"}``; a run already final → ``{"reason": "already in
+      completed state"}`` (stricter than Lightning, which accepts that join and refuses every
+      event after it).
+    * The janitor (Lightning's ``Janitor``): every ``janitor_interval_s`` a run claimed longer
+      ago than its timeout (``run_timeout_ms``, else 300 s) plus ``grace_period_s`` (60 s,
+      ``RUN_GRACE_PERIOD_SECONDS``; set it short in tests) and not final becomes ``lost``, with
+      ``error_type`` ``LostAfterClaim`` or ``LostAfterStart``; its open steps are lost too.
     * Run events (``run_channel.py``, ``validation.py``): timestamps must cast (16-digit µs or
       13-digit ms strings, or int ms); ``run:start`` only from claimed; ``step:start`` needs a
       UUID ``step_id``, a ``job_id`` of the plan, a known ``input_dataclip_id``; log lines need
@@ -59,8 +66,7 @@ Faults, for the tests of later issues
     limited to one run and fired ``times`` times; ``set_run_token_lifetime(seconds)`` for
     short-lived run tokens.
 
-Not modelled: Lightning's janitor (runs are never marked ``lost``), usage limits, OAuth
-refresh, log scrubbing, webhook replies.
+Not modelled: usage limits, OAuth refresh, log scrubbing, webhook replies.
 """
 
 from __future__ import annotations
@@ -76,7 +82,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from pool.devserver.api import DevApi
 from pool.devserver.connection import WorkerConnection, upgrade_checker
-from pool.devserver.core import Core
+from pool.devserver.core import GRACE_PERIOD_S, Core
 from pool.devserver.plans import InvalidPlan
 from pool.devserver.runs import Run
 from pool.devserver.tokens import RunTokens, generate_secret
@@ -95,7 +101,8 @@ class DevServer:
                  secret: str | None = None, private_key_b64: str | None = None,
                  run_token_lifetime_s: float | None = None, join_timeout_s: float = 30.0,
                  idle_timeout_s: float = 60.0, record_frames: bool = True,
-                 tls: ssl.SSLContext | None = None) -> None:
+                 tls: ssl.SSLContext | None = None, grace_period_s: float = GRACE_PERIOD_S,
+                 janitor_interval_s: float = 1.0) -> None:
         """``record_frames=False`` keeps ``frames`` empty: soak runs send millions of frames.
         ``tls``: serve ``wss://`` with this server context (as Lightning behind TLS)."""
         self.host = host
@@ -106,7 +113,9 @@ class DevServer:
         tokens = RunTokens(private_key_b64)
         self.private_key_b64 = tokens.private_key_b64
         self.public_key_b64 = tokens.public_key_b64
-        self.core = Core(self.secret, tokens, run_token_lifetime_s, join_timeout_s, idle_timeout_s)
+        self.core = Core(self.secret, tokens, run_token_lifetime_s, join_timeout_s, idle_timeout_s,
+                         grace_period_s)
+        self.janitor_interval_s = janitor_interval_s
         self.core.record_frames = record_frames
         self.frames = self.core.frames
         self.rejections = self.core.rejections
@@ -146,10 +155,20 @@ class DevServer:
                          max_size=MAX_FRAME_BYTES, ping_interval=None, close_timeout=2,
                          compression="deflate", ssl=self.tls) as server:
             self.port = server.sockets[0].getsockname()[1]
+            janitor = asyncio.create_task(self._janitor())
             ready.set()
             await self._stopping
+            janitor.cancel()
             for conn in list(self.core.live):  # stopping is Lightning going away: no goodbyes
                 conn.abort()
+
+    async def _janitor(self) -> None:
+        """Mark runs lost as Lightning's janitor does (``RunBook.sweep_lost``)."""
+        while True:
+            await asyncio.sleep(self.janitor_interval_s)
+            for run in self.core.book.sweep_lost(self.core.lost_after_s):
+                log.warning("janitor: run %s is lost (%s): not finished %ss after its claim",
+                            run.id, run.error_type, round(self.core.lost_after_s(run), 3))
 
     async def _handle(self, ws: ServerConnection) -> None:
         await WorkerConnection(self.core, ws).serve()

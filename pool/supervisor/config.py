@@ -9,11 +9,13 @@ reading a traceback or watching a worker that never claims.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pool import __version__
 from pool.adaptors import TAGS, AdaptorError, AdaptorRepo
 from pool.executor.config import ISOLATION_MODES, init_message
+from pool.executor.shim import SHIM_SCRIPT
 from pool.lightning.phoenix import build_socket_url
 from pool.lightning.plan import COLLECTIONS_ADAPTOR, Collections, RunDefaults
 from pool.lightning.tokens import (
@@ -30,6 +32,7 @@ from pool.lightning.workloops import (
     parse_backoff,
     parse_workloops,
 )
+from pool.supervisor.journal import pool_identity
 
 EXIT_SETTINGS = 2
 EXIT_BOOT_FAILURE = 3
@@ -68,6 +71,10 @@ class SupervisorConfig:
     batch_limit: int
     # bytes of one run's events kept while Lightning is slow or unreachable (logs dropped above)
     outbox_cap_bytes: int
+    # the journal of claimed runs (journal.py): its directory, this pool's name in it, fsync
+    state_dir: str = ""
+    journal_identity: str = ""
+    state_fsync: bool = False
 
     @property
     def size(self) -> int:
@@ -115,6 +122,7 @@ def load_config(settings: Any) -> SupervisorConfig:
     if settings.batch_interval < 0:
         raise StartupError(f"WORKER_BATCH_INTERVAL must not be negative, got "
                            f"{settings.batch_interval}")
+    state_dir = check_state_dir(settings.state_dir, settings.repo_dir)
     collections = resolve_collections(settings)
     graceful = settings.graceful_timeout
     return SupervisorConfig(
@@ -136,7 +144,29 @@ def load_config(settings: Any) -> SupervisorConfig:
         batch_interval_s=settings.batch_interval / 1000.0,
         batch_limit=int(settings.batch_limit),
         outbox_cap_bytes=int(settings.outbox_cap_mb * 1024 * 1024),
+        state_dir=state_dir,
+        journal_identity=pool_identity(settings.worker_name or None, int(settings.port)),
+        state_fsync=bool(settings.state_fsync),
     )
+
+
+def check_state_dir(state_dir: str, repo_dir: str) -> str:
+    """The journal's directory, made absolute; refused inside what a shim's sandbox sees (the
+    adaptor repo, the shim code): the journal holds run tokens, which fetch credentials."""
+    if not state_dir:
+        raise StartupError("WORKER_STATE_DIR is empty: the journal of claimed runs needs a "
+                           "directory (--state-dir)")
+    path = Path(state_dir).expanduser().resolve()
+    for name, seen in (("the adaptor repo (WORKER_REPO_DIR)", repo_dir),
+                       ("the shim code", str(Path(SHIM_SCRIPT).parent))):
+        if not seen:
+            continue
+        other = Path(seen).expanduser().resolve()
+        if path == other or other in path.parents:
+            raise StartupError(f"WORKER_STATE_DIR {path} is inside {name} {other}, which a "
+                               "shim's sandbox can read: the journal holds run tokens; choose "
+                               "a directory outside it")
+    return str(path)
 
 
 def resolve_collections(settings: Any) -> Collections | None:
