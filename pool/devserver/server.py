@@ -62,7 +62,9 @@ What it records
 Faults, for the tests of later issues
     ``drop_sockets()``; ``drop_socket_on(event, refuse_for=0)``; ``refuse_connections_for(s)``;
     ``reply_error_on(event, response)``;
-    ``hold_reply_on(event, seconds)`` (the event is handled, its reply waits); each optionally
+    ``hold_reply_on(event, seconds)`` (the event is handled, its reply waits);
+    ``stall_on(event, seconds)`` (the event waits unhandled; a socket that dies meanwhile never
+    had it handled, e.g. a ``phx_join`` that never joins); each optionally
     limited to one run and fired ``times`` times; ``set_run_token_lifetime(seconds)`` for
     short-lived run tokens.
 
@@ -279,6 +281,11 @@ class DevServer:
     def hold_reply_on(self, event: str, seconds: float, run_id: str | None = None,
                       times: int = 1) -> None:
         self.core.faults.arm("hold", event, run_id, times, seconds=seconds)
+
+    def stall_on(self, event: str, seconds: float, run_id: str | None = None,
+                 times: int = 1) -> None:
+        """Leave ``event`` unhandled for ``seconds`` (then handle it, unless its socket died)."""
+        self.core.faults.arm("stall", event, run_id, times, seconds=seconds)
 
     def set_run_token_lifetime(self, seconds: float | None) -> None:
         """Run tokens minted from now on live ``seconds`` (None: Lightning's default)."""
