@@ -24,8 +24,9 @@ the same boot.
 
 Each line carries a CRC-32 of its JSON, so a torn record (the process died mid-``write()``, a
 host crash cut the file) is recognised and skipped, never fatal. The file is rewritten with
-only the live runs (``run`` records) at start-up and whenever it outgrows ``COMPACT_BYTES``
-(some 700 runs' records), so it stays small over millions of runs.
+only the live runs (``run`` records) at start-up, at a clean stop and whenever it outgrows
+``COMPACT_BYTES`` (some 250 runs' records), so it stays small over millions of runs and a
+start after a clean stop reads one line.
 
 Run tokens authorise fetching a run's credentials: the directory is 0700, the files 0600, and
 the directory must lie outside everything a shim's sandbox can see (checked in config.py).
@@ -52,7 +53,7 @@ from typing import Any
 log = logging.getLogger(__name__)
 
 VERSION = 1
-COMPACT_BYTES = 1024 * 1024  # rewritten with only the live runs above this size
+COMPACT_BYTES = 256 * 1024  # rewritten with only the live runs above this size (~250 runs)
 BOOT_ID_PATH = "/proc/sys/kernel/random/boot_id"
 _ENCODER = json.JSONEncoder(separators=(",", ":"), ensure_ascii=False)
 
@@ -268,7 +269,11 @@ class Journal:
             and header.get("boot") == self.boot
         return Replay(runs, same_boot, torn, len(data))
 
-    def close(self) -> None:
+    def close(self, compact: bool = True) -> None:
+        """Compact (what is left is only what a next start must recover) and let go;
+        ``compact=False`` leaves the file as a death would."""
+        if compact and self._fd >= 0:
+            self._rewrite()
         self._closed = True
         self._dirty.set()
         for fd in (self._fd, self._lock_fd):

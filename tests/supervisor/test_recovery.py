@@ -86,6 +86,13 @@ def step_running(lightning: DevServer, run_id: str) -> bool:
     return "step:start" in events(lightning.run(run_id))
 
 
+def final(lightning: DevServer, run_id: str) -> dict:
+    """The run once final and recorded; ``lost`` (the janitor's doing) is a failure here."""
+    run = lightning.wait_for_run(run_id, DEADLINE)
+    assert run["state"] != "lost", f"run {run_id} ended {run['error_type']} via the janitor"
+    return wait_run(lightning, run_id)
+
+
 def run_starts(run: dict) -> int:
     return sum(1 for e in run["events"] if e["event"] == "run:start")
 
@@ -119,7 +126,7 @@ def test_kill9_with_a_started_and_a_joined_run_both_end_with_a_reason(
     killed_at = kill9(first)
     again = start(pools, lightning, env=env, port=first.port)
     restarted_at = time.time()
-    runs = {name: wait_run(lightning, run_id) for name, run_id in
+    runs = {name: final(lightning, run_id) for name, run_id in
             (("started", started), ("joined", joined))}
     timeline = [f"kill -9 at 0.00s; restart at {restarted_at - killed_at:.2f}s"] + [
         f"{name} run {run['state']} ({run['error_type']}) at "
@@ -157,10 +164,10 @@ def test_a_restart_slower_than_the_join_timeout_with_a_second_pool_runs_nothing_
     other = start(pools, lightning, "--size", "1")  # another pool, its own journal
     # Lightning hands the never-joined run out again after its join timeout: the other pool
     # runs it while the first is still down
-    assert wait_run(lightning, unjoined)["state"] == "success"
+    assert final(lightning, unjoined)["state"] == "success"
     again = start(pools, lightning, "--size", "3", env=env, port=first.port)
-    assert_reported_crashed(wait_run(lightning, started))
-    assert wait_run(lightning, joined)["state"] == "success"
+    assert_reported_crashed(final(lightning, started))
+    assert final(lightning, joined)["state"] == "success"
     wait_until(lambda: f"run {unjoined} was claimed but never joined" in again.output,
                "the restarted pool to leave the never-joined run to Lightning")
     for run_id in (started, joined, unjoined):
@@ -185,7 +192,7 @@ def test_a_torn_journal_record_is_skipped_and_the_run_still_reported(
     with journal.open("ab") as fh:  # the process died half-way through a record
         fh.write(b'1badc0de {"k":"step_done","id":"' + started.encode())
     again = start(pools, lightning, env={"WORKER_STATE_DIR": str(state)}, port=first.port)
-    assert_reported_crashed(wait_run(lightning, started))
+    assert_reported_crashed(final(lightning, started))
     assert "1 torn or damaged record(s) skipped" in again.output
     assert wait_run(lightning, lightning.enqueue(plan(job(HELLO_BODY))))["state"] == "success"
     assert again.stop() == 0
@@ -232,7 +239,7 @@ def test_two_pools_on_one_state_dir_keep_separate_journals(
         f"pod-a-{a.port}.journal", f"pod-b-{b.port}.journal"]
     kill9(a)
     again = start(pools, lightning, "--workloops", "a:1", env=env, port=a.port)
-    assert_reported_crashed(wait_run(lightning, run_a))
+    assert_reported_crashed(final(lightning, run_a))
     assert wait_run(lightning, run_b)["state"] == "success"  # b's run was never a's business
     assert f"run {run_b}" not in again.output
     # the same identity again (same name and port, another address) is refused at start
