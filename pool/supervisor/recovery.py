@@ -85,7 +85,7 @@ def report_message(run: JournaledRun) -> str:
 def recover_runs(arbiter: Arbiter, replay: Replay) -> None:
     """Act on every run the journal holds (called once, before executors are spawned)."""
     if replay.torn:
-        arbiter.count("journal_torn", records=str(replay.torn))
+        arbiter.count("journal_torn")  # the warning with how many was logged at the replay
     if not replay.runs:
         return
     log.warning("journal: %d run(s) left by the previous supervisor; recovering them now",
