@@ -104,6 +104,7 @@ class JournaledRun:
     started: bool = False
     open_steps: dict[str, str] = field(default_factory=dict)  # step_id -> job_id
     unproven: bool = False  # joined, "never dispatched" unprovable: another boot's journal
+    rejoin_timeouts: int = 0  # recovery's rejoins Lightning did not answer (not journaled)
 
     def as_record(self) -> dict[str, Any]:
         return {"k": "run", "id": self.id, "token": self.token, "exp": self.exp,

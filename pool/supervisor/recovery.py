@@ -17,9 +17,10 @@ docs/design/journal.md for the reasoning):
 
 Recovery starts before the first claim and does not wait for executors: the socket connects
 at once and the rejoins go out first. Reports hold no executor and no workloop slot, so new
-work is never held up by them; a rejoin that gets no answer ends with the message timeout like
-any join. A refused rejoin (an expired token, a run already final) is logged once with the run
-id. Each recovered run is counted by outcome (``poolctl_recovered_runs``).
+work is never held up by them: a rejoin Lightning does not answer within the message timeout
+is logged once and retried by the channel until the token expires, while claims go on. A
+refused rejoin (an expired token, a run already final) is logged once with the run id. Each
+recovered run is counted by outcome (``poolctl_recovered_runs``).
 """
 
 from __future__ import annotations
@@ -107,6 +108,16 @@ def recover_runs(arbiter: Arbiter, replay: Replay) -> None:
                         "(its first execution)", run.id, extra={"run_id": run.id})
             arbiter.count("run_recovered", outcome="executed")
             arbiter.rejoin_run(run, execute=True)
+
+
+def rejoin_unanswered(run: JournaledRun) -> None:
+    """No answer to a recovered run's rejoin within the message timeout: Lightning is slow or
+    away. The channel rejoins by itself until the token's expiry; nothing waits for it."""
+    run.rejoin_timeouts += 1
+    if run.rejoin_timeouts == 1:
+        log.warning("run %s: no answer to its rejoin within the message timeout; still "
+                    "trying until its token expires (new work is not held up)", run.id,
+                    extra={"run_id": run.id})
 
 
 def rejoin_refused(session: RunSession, reply: Reply) -> None:

@@ -33,7 +33,12 @@ from pool.lightning.run_channel import RunChannel
 from pool.supervisor.config import RUN_GRACE_S, SupervisorConfig
 from pool.supervisor.journal import Journal, JournaledRun
 from pool.supervisor.outbox import LINE, LOG, Outbox
-from pool.supervisor.recovery import rejoin_refused, report_message, restart_events
+from pool.supervisor.recovery import (
+    rejoin_refused,
+    rejoin_unanswered,
+    report_message,
+    restart_events,
+)
 from pool.supervisor.timers import Timers
 
 log = logging.getLogger(__name__)
@@ -94,6 +99,9 @@ class RunSession:
         """Every join outcome, the first and each rejoin after a drop."""
         if self.state == JOINING:
             if not reply.ok:
+                if self.recovered is not None and reply.status == "timeout":
+                    rejoin_unanswered(self.recovered)  # the channel rejoins by itself
+                    return
                 if self.recovered is not None:
                     rejoin_refused(self, reply)
                 else:

@@ -180,6 +180,28 @@ def test_a_restart_slower_than_the_join_timeout_with_a_second_pool_runs_nothing_
     assert again.stop() == 0 and other.stop() == 0
 
 
+def test_a_rejoin_lightning_does_not_answer_holds_up_no_new_work(
+        lightning: DevServer, pools: list[Pool], tmp_path: Path) -> None:
+    env = {"WORKER_STATE_DIR": str(tmp_path / "state"), "WORKER_MESSAGE_TIMEOUT_SECONDS": "1"}
+    first = start(pools, lightning, env=env)
+    started = enqueue_held(lightning, SLOW_BODY)
+    lightning.push_work_available()
+    wait_until(lambda: step_running(lightning, started), "the run to be mid-step")
+    kill9(first)
+    lightning.stall_on("phx_join", 8, run_id=started)  # Lightning sits on the rejoin
+    again = start(pools, lightning, env=env, port=first.port)
+    fresh = wait_run(lightning, lightning.enqueue(plan(job(HELLO_BODY))))
+    assert fresh["state"] == "success"
+    assert f"run {started}: no answer to its rejoin" in again.output
+    assert lightning.run(started)["state"] == "started"  # still waiting: new work did not
+    # once Lightning answers a later rejoin, the run is reported after all
+    reported = final(lightning, started)
+    assert_reported_crashed(reported)
+    assert reported["times"]["completed"] > fresh["times"]["completed"]
+    assert again.output.count(f"run {started}: no answer to its rejoin") == 1
+    assert again.stop() == 0
+
+
 def test_a_torn_journal_record_is_skipped_and_the_run_still_reported(
         lightning: DevServer, pools: list[Pool], tmp_path: Path) -> None:
     state = tmp_path / "state"
