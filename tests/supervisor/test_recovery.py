@@ -279,3 +279,19 @@ def test_two_pools_on_one_state_dir_keep_separate_journals(
 def _env_of(pool: Pool) -> dict[str, str]:
     return {**{k: v for k, v in os.environ.items() if not k.startswith("WORKER_")},
             "WORKER_REPO_DIR": REPO, **pool.lightning.worker_env()}
+
+
+def test_a_rejoin_refused_because_the_run_is_final_frees_its_slot_at_once(
+        lightning: DevServer, pools: list[Pool]) -> None:
+    """Lightning handled run:complete but the socket died before its reply: the rejoin is
+    refused (the run is final), and the pool gives the rest up at once instead of holding the
+    run's slot until its token expires."""
+    pool = start(pools, lightning, "--size", "1")
+    run_id = lightning.enqueue(plan(job(HELLO_BODY)))
+    lightning.hold_reply_on("run:complete", 3, run_id=run_id)
+    assert lightning.wait_for_run(run_id, DEADLINE)["state"] == "success"
+    lightning.drop_sockets()  # the held reply never goes out
+    after = wait_run(lightning, lightning.enqueue(plan(job(HELLO_BODY))))
+    assert after["state"] == "success"  # the one executor's slot was freed
+    assert f"run {run_id}: Lightning refused the rejoin" in pool.output
+    assert pool.stop() == 0
