@@ -714,23 +714,23 @@ class Arbiter:
         self.timers.call_at(session.deadline, self.check_run_deadline, run_id)
         session.join()
 
-    def rejoin_run(self, run: JournaledRun, execute: bool) -> None:
+    def rejoin_run(self, run: JournaledRun) -> None:
         """A run the previous incarnation left joined (recovery.py): rejoin it to execute it
-        (it takes an executor and its workloop's slot, like a claim) or only to report it
-        (it takes neither: a report must not hold up new work)."""
+        if it was never dispatched (it takes an executor and its workloop's slot, like a
+        claim), else only to report it (it takes neither: a report must not hold up new
+        work)."""
         workloop = min(max(run.workloop, 0), len(self.admission.loops) - 1)
         expires = None if run.exp is None else time.monotonic() + (run.exp - time.time())
         session = RunSession(run.id, run.token, workloop, self.socket, self.config,
                              self.timers, self.post, self.count, expires)
         session.journal = self.journal
-        session.recovered = run
+        session.recovered, session.report_only = run, run.dispatched
         # an expired token still gets its rejoin tried (Lightning's clock decides), and the
         # refusal, not the deadline, says what happened
         session.deadline = max(session.deadline,
                                time.monotonic() + 2 * self.config.message_timeout)
         self.sessions[run.id] = session
-        if execute:
-            session.recovered = None  # from here on, a run like any claimed one
+        if not session.report_only:  # like a claimed run: an executor and a workloop slot
             self.admission.loops[workloop].active += 1
             slot = self.idle_slot()
             if slot is not None:
@@ -770,7 +770,7 @@ class Arbiter:
             session.leave()
             self.forget_run(session)
         elif session.state == DONE:
-            if session.recovered is not None:
+            if session.report_only:
                 self.count("run_recovered", outcome="reported")
             self.complete_run(session)
 
@@ -806,7 +806,7 @@ class Arbiter:
     def forget_run(self, session: RunSession) -> None:
         self.sessions.pop(session.run_id, None)
         self.journal.done(session.run_id)
-        if session.recovered is None:  # a recovery report holds no workloop slot
+        if not session.report_only:  # a recovery report holds no workloop slot
             self.admission.run_finished(session.workloop, time.monotonic())
 
     def check_run_deadline(self, run_id: str) -> None:

@@ -102,12 +102,11 @@ def recover_runs(arbiter: Arbiter, replay: Replay) -> None:
         elif run.dispatched:
             log.warning("run %s was in progress when the supervisor died: reporting it as "
                         "crashed (%s)", run.id, RESTART_ERROR_TYPE, extra={"run_id": run.id})
-            arbiter.rejoin_run(run, execute=False)
+            arbiter.rejoin_run(run)
         else:
             log.warning("run %s was joined but never reached an executor: executing it now "
                         "(its first execution)", run.id, extra={"run_id": run.id})
-            arbiter.count("run_recovered", outcome="executed")
-            arbiter.rejoin_run(run, execute=True)
+            arbiter.rejoin_run(run)
 
 
 def rejoin_unanswered(run: JournaledRun) -> None:

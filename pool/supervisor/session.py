@@ -66,6 +66,9 @@ class RunSession:
         # set by the arbiter (recovery.py)
         self.journal: Journal | None = None
         self.recovered: JournaledRun | None = None
+        # decided once, at recovery: its code may have run, so it is only reported (and holds
+        # no executor and no workloop slot)
+        self.report_only = False
         self.slot_id: int | None = None
         self.claimed_at = time.monotonic()
         # when kept events are given up if still undelivered: the token's expiry when known
@@ -99,7 +102,7 @@ class RunSession:
         """Every join outcome, the first and each rejoin after a drop."""
         if self.state == JOINING:
             if not reply.ok:
-                if self.recovered is not None and reply.status == "timeout":
+                if self.report_only and reply.status == "timeout":
                     rejoin_unanswered(self.recovered)  # the channel rejoins by itself
                     return
                 if self.recovered is not None:
@@ -112,10 +115,12 @@ class RunSession:
             self.outbox.channel_up = True
             if self.journal is not None:
                 self.journal.joined(self.run_id)
-            if self.recovered is not None and self.recovered.dispatched:
+            if self.report_only:
                 self.report_restart(self.recovered)
-            else:
-                self.fetch_plan()
+                return
+            if self.recovered is not None:  # never dispatched: executed now, for the first time
+                self.count("run_recovered", outcome="executed")
+            self.fetch_plan()
         elif reply.ok:
             self.outbox.resume()
         elif reply.status == "error" and self.state == REPORTING:
@@ -200,9 +205,10 @@ class RunSession:
         self.executor_done = True
         self.outbox.add([(RUN_COMPLETE, error_complete(reason, error_type, message))])
 
-    def report_restart(self, run: JournaledRun) -> None:
+    def report_restart(self, run: JournaledRun | None) -> None:
         """A run the previous incarnation had in progress: close its open steps and complete
         it as crashed (recovery.py); it is never executed again."""
+        assert run is not None
         self.reason = "crash"
         self.state = REPORTING
         self.executor_done = True

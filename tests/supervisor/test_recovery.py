@@ -34,6 +34,7 @@ from tests.supervisor.conftest import (
 # set so that an unreported run is marked lost by the dev server's janitor within this test
 # module's deadlines (40 s + 5 s after its claim), as on the old code
 SLOW_BODY = 'fn(state => new Promise(resolve => setTimeout(() => resolve(state), 30000)));'
+ONE_SECOND_BODY = 'fn(state => new Promise(resolve => setTimeout(() => resolve(state), 1000)));'
 OPTIONS = {"run_timeout_ms": 40_000}
 GRACE_S = 5.0
 
@@ -144,8 +145,12 @@ def test_kill9_with_a_started_and_a_joined_run_both_end_with_a_reason(
     assert all(run["state"] != "lost" for run in runs.values())
     assert recovered(again) == {"reported": 1, "executed": 1, "left": 0, "expired": 0,
                                 "refused": 0}
-    after = wait_run(lightning, lightning.enqueue(plan(job(HELLO_BODY))))
-    assert after["state"] == "success"
+    # both slots are free again (the report held none, the executed run gave its back):
+    # two runs now run side by side
+    pair = [lightning.enqueue(plan(job(ONE_SECOND_BODY))) for _ in range(2)]
+    first_done, second = (wait_run(lightning, run_id) for run_id in pair)
+    assert first_done["state"] == second["state"] == "success"
+    assert second["times"]["claimed"] < first_done["times"]["completed"]
     assert again.stop() == 0
 
 
