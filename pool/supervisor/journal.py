@@ -222,12 +222,13 @@ class Journal:
         return replay
 
     def _make_dir(self) -> None:
+        hint = "; point --state-dir / WORKER_STATE_DIR at a writable directory"
         try:
             self.dir.mkdir(mode=0o700, parents=True, exist_ok=True)
         except OSError as exc:
-            raise JournalError(f"state dir {self.dir} cannot be created: {exc}") from None
+            raise JournalError(f"state dir {self.dir} cannot be created: {exc}{hint}") from None
         if not os.access(self.dir, os.W_OK | os.X_OK):
-            raise JournalError(f"state dir {self.dir} is not writable")
+            raise JournalError(f"state dir {self.dir} is not writable{hint}")
 
     def _take_lock(self) -> None:
         fd = os.open(self.lock_path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)

@@ -178,3 +178,9 @@ def test_the_state_dir_may_not_be_where_a_shim_can_read(tmp_path: Path) -> None:
     assert check_state_dir(str(tmp_path / "state"), str(repo)) == str(tmp_path / "state")
     with pytest.raises(StartupError, match="WORKER_STATE_DIR is empty"):
         check_state_dir("", str(repo))
+
+
+def test_an_unusable_state_dir_is_one_clear_error(tmp_path: Path) -> None:
+    (tmp_path / "file").write_text("not a directory")
+    with pytest.raises(JournalError, match="cannot be created.*WORKER_STATE_DIR"):
+        Journal(tmp_path / "file" / "state", "pod-1-2222").open()
