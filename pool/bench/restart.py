@@ -157,7 +157,7 @@ def startup(baseline: Path | None, reps: int = 5) -> list[str]:
         for mark in (full.joined, full.dispatched, full.started):
             mark(f"run-{run}")
         full.done(f"run-{run}")
-    full.close()
+    full.close(compact=False)  # as a kill -9 leaves it: a clean stop would compact it
     # every open rewrites the file to its live runs (none), so measure the full one once
     size = (tmp / "full" / "bench-2222.journal").stat().st_size
     lines.append(f"  a journal of {run} finished runs ({size // 1024} KiB), nothing live: "
