@@ -17,8 +17,10 @@ docs/design/journal.md for the reasoning):
 
 Recovery starts before the first claim and does not wait for executors: the socket connects
 at once and the rejoins go out first. Reports hold no executor and no workloop slot, so new
-work is never held up by them: a rejoin Lightning does not answer within the message timeout
-is logged once and retried by the channel until the token expires, while claims go on. A
+work is never held up by them: a report's rejoin Lightning does not answer within the message
+timeout is logged once and retried by the channel until the token expires, while claims go on
+(a run to execute holds an executor, so its rejoin gives up after one timeout, like a claim's
+join). A
 refused rejoin (an expired token, a run already final) is logged once with the run id. Each
 recovered run is counted by outcome (``poolctl_recovered_runs``).
 """
