@@ -10,7 +10,8 @@ TEST_ADAPTORS := @openfn/language-common@3.3.4 @openfn/language-http@7.2.10 \
 	@openfn/language-collections@0.8.0
 export WORKER_REPO_DIR ?= $(REPO)
 
-.PHONY: all dev test lint test-node24 bench bench-executor bench-hotpath soak clean setup bwrap
+.PHONY: all dev test lint test-node24 bench bench-executor bench-hotpath soak clean setup bwrap \
+	show-restart
 
 all: test
 
@@ -64,6 +65,11 @@ bench-hotpath: setup
 # 10,000 trivial runs at size 2 (context, recycling on): RSS per block of 1,000 runs
 soak: setup
 	$(BIN)/python -m pool.bench.soak
+
+# kill -9 of the supervisor with two runs in flight, restart: the timeline (ROOT=another
+# checkout shows the same scenario on that code)
+show-restart: setup
+	$(BIN)/python -m pool.bench.restart $(if $(ROOT),--root $(ROOT))
 
 # the whole product: dev server (:4000, API :4001) + `poolctl start` + examples/ enqueued
 dev: setup

@@ -139,6 +139,15 @@ RUNS = ("start", "execute", "bench", "tune")
 REPO = ("start", "execute", "install", "bench", "tune")
 DEFAULT_REPO_DIR = str(Path.home() / ".openfn" / "worker" / "repo")
 
+
+def default_state_dir() -> str:
+    """Where the journal of claimed runs lives: /var/lib/poolctl for root, else the XDG state
+    home; never under the adaptor repo or the shim code, which a shim's sandbox can see."""
+    if os.geteuid() == 0:
+        return "/var/lib/poolctl"
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / "poolctl")
+
 SETTINGS: tuple[Setting, ...] = (
     # --- Lightning connection (ws-worker names) ---------------------------------------------
     Setting("lightning_url", "--lightning", ("WORKER_LIGHTNING_SERVICE_URL",), parse_str,
@@ -253,6 +262,12 @@ SETTINGS: tuple[Setting, ...] = (
             "MB of one run's events kept while Lightning is slow or unreachable; above it, log "
             "lines are dropped (oldest first, counted and logged), never lifecycle events.",
             START, check=above(0)),
+    Setting("state_dir", "--state-dir", ("WORKER_STATE_DIR",), parse_str, default_state_dir(),
+            "Directory of the journal of claimed runs (holds run tokens: 0700/0600), replayed "
+            "at start to report runs a killed supervisor left behind.", START),
+    Setting("state_fsync", "--state-fsync", ("WORKER_STATE_FSYNC",), parse_bool, False,
+            "Also fsync the journal (off the loop) so it survives a host crash, not only the "
+            "supervisor's death.", START),
     Setting("control_socket", "--control-socket", ("WORKER_CONTROL_SOCKET",), parse_str, None,
             "Unix socket for status/scale/drain (default keyed by --port).",
             ("start", "status", "scale", "drain", "stop")),

@@ -56,7 +56,9 @@ class PoolProcess:
             "--control-socket", str(Path(log_dir) / f"poolctl-bench-{self.port}.sock"),
             "--backoff", "0.05/0.5", "--log", "warn", *extra])
         self.env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
-        self.env |= server.worker_env() | {"WORKER_REPO_DIR": repo_dir}
+        self.env |= server.worker_env() | {
+            "WORKER_REPO_DIR": repo_dir,
+            "WORKER_STATE_DIR": str(Path(log_dir) / f"poolctl-bench-state-{self.port}")}
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property

@@ -180,6 +180,10 @@ class WorkerConnection:
                 self.core.refuse_until = time.monotonic() + fault.seconds
             self.abort()
             return
+        if fault is not None and fault.kind == "stall":
+            await asyncio.sleep(fault.seconds)
+            if self.closed:  # as Phoenix: a dead socket's unhandled messages are dropped
+                return
         if fault is not None and fault.kind == "error":
             reply = Reply("error", fault.response, detail="injected fault: error reply")
         else:

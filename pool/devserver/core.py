@@ -44,7 +44,8 @@ class Core:
     """Everything the channels share: the run book, keys, faults, records and knobs."""
 
     def __init__(self, secret: str, tokens: RunTokens, run_token_lifetime_s: float | None,
-                 join_timeout_s: float, idle_timeout_s: float) -> None:
+                 join_timeout_s: float, idle_timeout_s: float,
+                 grace_period_s: float = GRACE_PERIOD_S) -> None:
         self.secret = secret
         # worker secrets a new socket's token may be signed with: the current one first, and
         # the previous one while a rotation lets both in (rotate_secret)
@@ -55,6 +56,7 @@ class Core:
         self.run_token_lifetime_s = run_token_lifetime_s
         self.join_timeout_s = join_timeout_s
         self.idle_timeout_s = idle_timeout_s
+        self.grace_period_s = grace_period_s
         self.frames: list[dict] = []
         self.record_frames = True  # off for long benchmarks: the list would grow without limit
         self.rejections: list[dict] = []
@@ -104,5 +106,10 @@ class Core:
         """The fault's short lifetime if set, else Lightning's run timeout + grace period."""
         if self.run_token_lifetime_s is not None:
             return self.run_token_lifetime_s
+        return self.lost_after_s(run)
+
+    def lost_after_s(self, run: Run) -> float:
+        """Seconds after its claim when the janitor calls an unfinished run lost: the run's
+        timeout (``run_timeout_ms``, else Lightning's default) plus the grace period."""
         timeout_ms = (run.plan.get("options") or {}).get("run_timeout_ms") or DEFAULT_RUN_TIMEOUT_MS
-        return timeout_ms / 1000 + GRACE_PERIOD_S
+        return timeout_ms / 1000 + self.grace_period_s

@@ -2,8 +2,9 @@
 
 A fault matches an incoming event by name (and, optionally, the run whose channel it arrives
 on) and fires ``times`` times: drop the socket before replying (and, with ``seconds``, refuse
-new sockets that long), answer with an error instead of handling the event, or handle it but
-hold the reply back.
+new sockets that long), answer with an error instead of handling the event, handle it but
+hold the reply back, or stall it: leave it unhandled for ``seconds`` (a slow Lightning node), so
+a socket that dies meanwhile never had it handled at all (a stalled ``phx_join`` never joins).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ import threading
 from dataclasses import dataclass
 from typing import Any
 
-KINDS = ("drop", "error", "hold")
+KINDS = ("drop", "error", "hold", "stall")
 
 
 @dataclass

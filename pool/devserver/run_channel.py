@@ -35,6 +35,9 @@ def join_run(core: Core, msg: Message) -> tuple[Reply, Run | None]:
     if run is None:
         return Reply("error", {"reason": "not_found"}, detail=f"no run {run_id!r}"), None
     with core.book.lock:
+        if run.is_final:  # stricter than Lightning's join, which refuses only what follows
+            return Reply("error", {"reason": ALREADY_COMPLETED["state"][0]},
+                         detail=f"run {run_id} is final ({run.state})"), None
         run.joined = True
     return Reply("ok", {}), run
 

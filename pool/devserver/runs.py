@@ -12,7 +12,7 @@ import heapq
 import threading
 import time
 import uuid
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -22,6 +22,8 @@ from pool.devserver.plans import InvalidPlan, normalize_plan, validate_queue
 FINAL_STATE_BY_REASON = {"success": "success", "fail": "failed", "crash": "crashed",
                          "kill": "killed", "exception": "exception"}
 FINAL_STATES = frozenset(FINAL_STATE_BY_REASON.values()) | {"lost"}
+# the janitor's error types by the state a lost run was left in (Lightning's Janitor)
+LOST_ERROR_TYPES = {"claimed": "LostAfterClaim", "started": "LostAfterStart"}
 
 
 def now_us() -> int:
@@ -79,6 +81,7 @@ class RunBook:
         self.dataclips: dict[str, Any] = {}
         self._seq = 0
         self._available: dict[str, list[tuple[int, Run]]] = {}  # queue -> heap of (seq, run)
+        self._in_progress: dict[str, Run] = {}  # claimed or started: what the janitor checks
 
     def enqueue(self, plan: object, credentials: Mapping[str, Any] | None,
                 dataclips: Mapping[str, Any] | None, queue: str) -> Run:
@@ -131,6 +134,7 @@ class RunBook:
                 run.claim_generation += 1
                 run.worker_name = worker_name
                 run.times["claimed"] = now_us()
+                self._in_progress[run.id] = run
         return picked
 
     def roll_back(self, run: Run, generation: int | None = None) -> bool:
@@ -146,12 +150,40 @@ class RunBook:
             run.state = "available"
             run.worker_name = None
             run.times["claimed"] = None
+            self._in_progress.pop(run.id, None)
             self._make_available(run)
             return True
+
+    def sweep_lost(self, lost_after_s: Callable[[Run], float]) -> list[Run]:
+        """Lightning's janitor: every run claimed longer ago than its timeout plus the grace
+        period and still not final becomes ``lost`` (``LostAfterClaim`` / ``LostAfterStart``
+        by the state it was left in); its open steps are lost with it."""
+        now = now_us()
+        lost = []
+        with self.lock:
+            for run in list(self._in_progress.values()):
+                claimed = run.times["claimed"]
+                if run.is_final or claimed is None:
+                    self._in_progress.pop(run.id, None)
+                    continue
+                if claimed + lost_after_s(run) * 1_000_000 > now:
+                    continue
+                run.error_type = LOST_ERROR_TYPES.get(run.state, "UnknownReason")
+                run.state, run.reason = "lost", "lost"
+                for step in run.steps.values():
+                    if step["reason"] is None:
+                        step.update(reason="lost", completed=now)
+                self._in_progress.pop(run.id, None)
+                run.times["completed"] = now
+                lost.append(run)
+            if lost:
+                self.lock.notify_all()
+        return lost
 
     def finish(self, run: Run) -> None:
         """Wake whoever waits for this run (call with the new final state already set)."""
         with self.lock:
+            self._in_progress.pop(run.id, None)
             run.times["completed"] = now_us()
             self.lock.notify_all()
 

@@ -33,7 +33,14 @@ What it checks, like Lightning (reference: shared/reference/lightning-protocol.m
       (30 s) goes back to available; so does a claim whose socket died before its reply.
       Enqueueing pushes ``work-available`` to every joined queue channel.
     * ``run:<id>`` join: token signature, ``iss``, ``id``, ``sub``, ``nbf``, ``exp`` →
-      ``{"reason": "unauthorized"}``; unknown run → ``{"reason": "not_found"}``.
+      ``{"reason": "unauthorized"}`` (so a rejoin with an expired token is refused); unknown
+      run → ``{"reason": "not_found"}``; a run already final → ``{"reason": "already in
+      completed state"}`` (stricter than Lightning, which accepts that join and refuses every
+      event after it).
+    * The janitor (Lightning's ``Janitor``): every ``janitor_interval_s`` a run claimed longer
+      ago than its timeout (``run_timeout_ms``, else 300 s) plus ``grace_period_s`` (60 s,
+      ``RUN_GRACE_PERIOD_SECONDS``; set it short in tests) and not final becomes ``lost``, with
+      ``error_type`` ``LostAfterClaim`` or ``LostAfterStart``; its open steps are lost too.
     * Run events (``run_channel.py``, ``validation.py``): timestamps must cast (16-digit µs or
       13-digit ms strings, or int ms); ``run:start`` only from claimed; ``step:start`` needs a
       UUID ``step_id``, a ``job_id`` of the plan, a known ``input_dataclip_id``; log lines need
@@ -55,12 +62,13 @@ What it records
 Faults, for the tests of later issues
     ``drop_sockets()``; ``drop_socket_on(event, refuse_for=0)``; ``refuse_connections_for(s)``;
     ``reply_error_on(event, response)``;
-    ``hold_reply_on(event, seconds)`` (the event is handled, its reply waits); each optionally
+    ``hold_reply_on(event, seconds)`` (the event is handled, its reply waits);
+    ``stall_on(event, seconds)`` (the event waits unhandled; a socket that dies meanwhile never
+    had it handled, e.g. a ``phx_join`` that never joins); each optionally
     limited to one run and fired ``times`` times; ``set_run_token_lifetime(seconds)`` for
     short-lived run tokens.
 
-Not modelled: Lightning's janitor (runs are never marked ``lost``), usage limits, OAuth
-refresh, log scrubbing, webhook replies.
+Not modelled: usage limits, OAuth refresh, log scrubbing, webhook replies.
 """
 
 from __future__ import annotations
@@ -76,7 +84,7 @@ from websockets.asyncio.server import ServerConnection, serve
 
 from pool.devserver.api import DevApi
 from pool.devserver.connection import WorkerConnection, upgrade_checker
-from pool.devserver.core import Core
+from pool.devserver.core import GRACE_PERIOD_S, Core
 from pool.devserver.plans import InvalidPlan
 from pool.devserver.runs import Run
 from pool.devserver.tokens import RunTokens, generate_secret
@@ -96,7 +104,8 @@ class DevServer:
                  run_token_lifetime_s: float | None = None, join_timeout_s: float = 30.0,
                  idle_timeout_s: float = 60.0, record_frames: bool = True,
                  tls: ssl.SSLContext | None = None, max_runs_per_claim: int | None = None,
-                 max_frame_bytes: int = MAX_FRAME_BYTES) -> None:
+                 max_frame_bytes: int = MAX_FRAME_BYTES, grace_period_s: float = GRACE_PERIOD_S,
+                 janitor_interval_s: float = 1.0) -> None:
         """``record_frames=False`` keeps ``frames`` empty: soak runs send millions of frames.
         ``tls``: serve ``wss://`` with this server context (as Lightning behind TLS).
         ``max_runs_per_claim``: hand out at most that many runs per claim whatever the demand
@@ -111,7 +120,9 @@ class DevServer:
         tokens = RunTokens(private_key_b64)
         self.private_key_b64 = tokens.private_key_b64
         self.public_key_b64 = tokens.public_key_b64
-        self.core = Core(self.secret, tokens, run_token_lifetime_s, join_timeout_s, idle_timeout_s)
+        self.core = Core(self.secret, tokens, run_token_lifetime_s, join_timeout_s, idle_timeout_s,
+                         grace_period_s)
+        self.janitor_interval_s = janitor_interval_s
         self.core.record_frames = record_frames
         self.core.max_runs_per_claim = max_runs_per_claim
         self.max_frame_bytes = max_frame_bytes
@@ -153,10 +164,20 @@ class DevServer:
                          max_size=self.max_frame_bytes, ping_interval=None, close_timeout=2,
                          compression="deflate", ssl=self.tls) as server:
             self.port = server.sockets[0].getsockname()[1]
+            janitor = asyncio.create_task(self._janitor())
             ready.set()
             await self._stopping
+            janitor.cancel()
             for conn in list(self.core.live):  # stopping is Lightning going away: no goodbyes
                 conn.abort()
+
+    async def _janitor(self) -> None:
+        """Mark runs lost as Lightning's janitor does (``RunBook.sweep_lost``)."""
+        while True:
+            await asyncio.sleep(self.janitor_interval_s)
+            for run in self.core.book.sweep_lost(self.core.lost_after_s):
+                log.warning("janitor: run %s is lost (%s): not finished %ss after its claim",
+                            run.id, run.error_type, round(self.core.lost_after_s(run), 3))
 
     async def _handle(self, ws: ServerConnection) -> None:
         await WorkerConnection(self.core, ws).serve()
@@ -278,6 +299,11 @@ class DevServer:
         self.core.accepted_secrets = [new, old] if accept_old and old != new else [new]
         log.info("worker secret rotated%s", " (the old one still accepted)" if accept_old else "")
         return new
+
+    def stall_on(self, event: str, seconds: float, run_id: str | None = None,
+                 times: int = 1) -> None:
+        """Leave ``event`` unhandled for ``seconds`` (then handle it, unless its socket died)."""
+        self.core.faults.arm("stall", event, run_id, times, seconds=seconds)
 
     def set_run_token_lifetime(self, seconds: float | None) -> None:
         """Run tokens minted from now on live ``seconds`` (None: Lightning's default)."""

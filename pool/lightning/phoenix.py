@@ -807,6 +807,9 @@ class PhoenixSocket:
         if ch.join_ref is not None:
             self._joins.pop(ch.join_ref, None)
             self._send([ch.join_ref, self._next_ref(), ch.topic, PHX_LEAVE, {}])
+            # that join is abandoned: a late reply or phx_close of it (Lightning handling the
+            # join and this leave after all) must not close the channel we rejoin
+            ch.join_ref = None
         ch.join_deadline = None
         ch.state = "errored"
         self._after_join(ch, Reply("timeout"))

@@ -75,7 +75,9 @@ from pool.supervisor.handover import (
     receive_secrets,
     reexec_without_secrets,
 )
+from pool.supervisor.journal import Journal, JournaledRun, JournalError, token_expiry
 from pool.supervisor.observe import serve_observers, settings_reloader
+from pool.supervisor.recovery import recover_runs
 from pool.supervisor.respawn import RespawnGuard
 from pool.supervisor.scaling import resize
 from pool.supervisor.session import DONE, REFUSED, RunSession
@@ -135,6 +137,8 @@ class Arbiter:
         self.old_generation: set[int] = set()  # slots to retire once idle (after SIGHUP)
         self.unreplaced_deaths = 0  # executors that died unasked and are not yet respawned
         self.respawn_guard = RespawnGuard()
+        self.journal = Journal(config.state_dir, config.journal_identity,
+                               fsync=config.state_fsync)
         self.connected = False
         self.queue_joined = False
         self.draining = False
@@ -201,6 +205,7 @@ class Arbiter:
         self.loop.bind()
         self.install_signals()
         try:
+            self.open_journal()
             self.manage_executors()  # the first executors; the rest as these boot
             while self.exit_code is None:
                 changed = self.handle_items(self.wait_for_items())
@@ -227,6 +232,15 @@ class Arbiter:
         if reason:  # last, after the executors' own output: the one line to read
             print(f"poolctl: {reason}", file=sys.stderr, flush=True)
         return self.exit_code
+
+    def open_journal(self) -> None:
+        """Take this pool's journal and recover what a killed predecessor left (recovery.py),
+        before any executor boots or any claim goes out."""
+        try:
+            replay = self.journal.open()
+        except JournalError as exc:
+            raise HaltServer(str(exc), EXIT_SETTINGS) from None
+        recover_runs(self, replay)
 
     def wait_for_items(self) -> list[tuple[Any, ...]]:
         """Everything queued, after reading what the sockets have (sleeping until something
@@ -760,11 +774,12 @@ class Arbiter:
             self.count("run_token_refused")
             self.admission.run_finished(workloop, time.monotonic())
             return
-        expires = None
-        if claims and isinstance(claims.get("exp"), int | float):
-            expires = time.monotonic() + (claims["exp"] - time.time())
+        exp = token_expiry(token, claims)
+        expires = None if exp is None else time.monotonic() + (exp - time.time())
+        self.journal.claimed(run_id, token, exp, workloop)
         session = RunSession(run_id, token, workloop, self.socket, self.config, self.timers,
                              self.post, self.count, expires)
+        session.journal = self.journal
         self.sessions[run_id] = session
         slot = self.idle_slot()
         if slot is not None:
@@ -774,6 +789,32 @@ class Arbiter:
                         "one ready", run_id)
             self.waiting_for_executor.append(run_id)
         self.timers.call_at(session.deadline, self.check_run_deadline, run_id)
+        session.join()
+
+    def rejoin_run(self, run: JournaledRun) -> None:
+        """A run the previous incarnation left joined (recovery.py): rejoin it to execute it
+        if it was never dispatched (it takes an executor and its workloop's slot, like a
+        claim), else only to report it (it takes neither: a report must not hold up new
+        work)."""
+        workloop = min(max(run.workloop, 0), len(self.admission.loops) - 1)
+        expires = None if run.exp is None else time.monotonic() + (run.exp - time.time())
+        session = RunSession(run.id, run.token, workloop, self.socket, self.config,
+                             self.timers, self.post, self.count, expires)
+        session.journal = self.journal
+        session.recovered, session.report_only = run, run.dispatched
+        # an expired token still gets its rejoin tried (Lightning's clock decides), and the
+        # refusal, not the deadline, says what happened
+        session.deadline = max(session.deadline,
+                               time.monotonic() + 2 * self.config.message_timeout)
+        self.sessions[run.id] = session
+        if not session.report_only:  # like a claimed run: an executor and a workloop slot
+            self.admission.loops[workloop].active += 1
+            slot = self.idle_slot()
+            if slot is not None:
+                self.reserve(slot, session)
+            else:
+                self.waiting_for_executor.append(run.id)
+        self.timers.call_at(session.deadline, self.check_run_deadline, run.id)
         session.join()
 
     # -- runs -----------------------------------------------------------------------------------
@@ -808,11 +849,14 @@ class Arbiter:
         if session.state == SESSION_READY and session.slot_id is not None:
             self.dispatch_run(session)
         elif session.state == REFUSED:
-            self.count("run_join_refused")
+            if session.recovered is None:  # a refused recovery is counted by recovery.py
+                self.count("run_join_refused")
             self.release(session)
             session.leave()
             self.forget_run(session)
         elif session.state == DONE:
+            if session.report_only:
+                self.count("run_recovered", outcome="reported")
             self.complete_run(session)
 
     def dispatch_run(self, session: RunSession) -> None:
@@ -846,7 +890,9 @@ class Arbiter:
 
     def forget_run(self, session: RunSession) -> None:
         self.sessions.pop(session.run_id, None)
-        self.admission.run_finished(session.workloop, time.monotonic())
+        self.journal.done(session.run_id)
+        if not session.report_only:  # a recovery report holds no workloop slot
+            self.admission.run_finished(session.workloop, time.monotonic())
 
     def check_run_deadline(self, run_id: str) -> None:
         session = self.sessions.get(run_id)
@@ -892,6 +938,7 @@ class Arbiter:
                 self.loop.run_once(min(0.1, max(0.0, until - time.monotonic())))
                 self.socket.fire_timers(time.monotonic())
         self.socket.disconnect()
+        self.journal.close()
         self.publish_snapshot()
 
 

@@ -11,11 +11,13 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from pool import __version__
 from pool.adaptors import TAGS, AdaptorError, AdaptorRepo, Allowlist, parse_specifier
 from pool.executor.config import ISOLATION_MODES, init_message
+from pool.executor.shim import SHIM_SCRIPT
 from pool.lightning.phoenix import build_socket_url
 from pool.lightning.plan import COLLECTIONS_ADAPTOR, Collections, RunDefaults
 from pool.lightning.tokens import (
@@ -32,6 +34,7 @@ from pool.lightning.workloops import (
     parse_backoff,
     parse_workloops,
 )
+from pool.supervisor.journal import pool_identity
 from pool.supervisor.sizing import MaxSize, cpu_warning, default_max_size
 
 EXIT_SETTINGS = 2
@@ -77,6 +80,10 @@ class SupervisorConfig:
     frame_limit_bytes: int | None = None
     # the largest size accepted at start and by scale, and where the figure comes from
     max_size: MaxSize = MaxSize(1_000_000, "no maximum given")
+    # the journal of claimed runs (journal.py): its directory, this pool's name in it, fsync
+    state_dir: str = ""
+    journal_identity: str = ""
+    state_fsync: bool = False
 
     @property
     def size(self) -> int:
@@ -124,6 +131,7 @@ def load_config(settings: Any, worker_id: str | None = None) -> SupervisorConfig
                            f"{MIN_FRAME_BYTES} (every event must fit once made smaller), got "
                            f"{settings.max_frame_bytes}")
     max_size = check_size(settings, sum(loop.capacity for loop in workloops))
+    state_dir = check_state_dir(settings.state_dir, settings.repo_dir)
     collections = resolve_collections(settings)
     graceful = settings.graceful_timeout
     return SupervisorConfig(
@@ -148,6 +156,9 @@ def load_config(settings: Any, worker_id: str | None = None) -> SupervisorConfig
         outbox_cap_bytes=int(settings.outbox_cap_mb * 1024 * 1024),
         frame_limit_bytes=int(settings.max_frame_bytes) or None,
         max_size=max_size,
+        state_dir=state_dir,
+        journal_identity=pool_identity(settings.worker_name or None, int(settings.port)),
+        state_fsync=bool(settings.state_fsync),
     )
 
 
@@ -187,6 +198,25 @@ def check_size(settings: Any, size: int) -> MaxSize:
     if warning is not None:
         settings.warnings.append(warning)
     return max_size
+
+
+def check_state_dir(state_dir: str, repo_dir: str) -> str:
+    """The journal's directory, made absolute; refused inside what a shim's sandbox sees (the
+    adaptor repo, the shim code): the journal holds run tokens, which fetch credentials."""
+    if not state_dir:
+        raise StartupError("WORKER_STATE_DIR is empty: the journal of claimed runs needs a "
+                           "directory (--state-dir)")
+    path = Path(state_dir).expanduser().resolve()
+    for name, seen in (("the adaptor repo (WORKER_REPO_DIR)", repo_dir),
+                       ("the shim code", str(Path(SHIM_SCRIPT).parent))):
+        if not seen:
+            continue
+        other = Path(seen).expanduser().resolve()
+        if path == other or other in path.parents:
+            raise StartupError(f"WORKER_STATE_DIR {path} is inside {name} {other}, which a "
+                               "shim's sandbox can read: the journal holds run tokens; choose "
+                               "a directory outside it")
+    return str(path)
 
 
 def resolve_collections(settings: Any) -> Collections | None:

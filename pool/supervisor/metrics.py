@@ -21,6 +21,8 @@ from pool.supervisor.snapshot import PoolSnapshot
 # Present from the first scrape at 0, so rate() and dashboards work before the first event.
 RUN_REASONS = ("success", "fail", "crash", "kill", "cancel", "exception")
 RECYCLE_CAUSES = ("runs", "rss", "crash", "timeout", "oom")
+# what recovery (recovery.py) did with each run a killed supervisor left in its journal
+RECOVERY_OUTCOMES = ("reported", "executed", "left", "expired", "refused")
 
 # Runs last from well under a second to the 300 s default limit.
 RUN_BUCKETS = (0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60, 120, 300, 600)
@@ -118,8 +120,15 @@ class PoolMetrics:
         self.respawn_backoffs = Counter(
             "poolctl_respawn_backoffs",
             "Times the restart-storm guard delayed respawning executors.", registry=r)
+        self.recovered = Counter(
+            "poolctl_recovered_runs",
+            "Runs a killed supervisor left in the journal, by what recovery did: reported "
+            "(as crashed), executed (never dispatched), left (never joined: Lightning's), "
+            "expired / refused (the rejoin was refused).", ["outcome"], registry=r)
         for reason in RUN_REASONS:
             self.runs.labels(reason)
+        for outcome in RECOVERY_OUTCOMES:
+            self.recovered.labels(outcome)
         for cause in RECYCLE_CAUSES:
             self.recycles.labels(cause)
         if snapshot is not None:
@@ -167,6 +176,8 @@ class PoolMetrics:
             self.executor_respawns.inc()
         elif name == "respawn_backoff":
             self.respawn_backoffs.inc()
+        elif name == "run_recovered":
+            self.recovered.labels(labels.get("outcome", "unknown")).inc()
 
     def observe(self, name: str, seconds: float) -> None:
         """A duration was measured (``Arbiter.observe``): claim→dispatch, claim→complete."""

@@ -33,7 +33,14 @@ from pool.lightning.phoenix import LightningError, PhoenixSocket, Push, Reply
 from pool.lightning.plan import ConvertedPlan, PlanError, attach_credentials, convert_plan
 from pool.lightning.run_channel import RunChannel
 from pool.supervisor.config import RUN_GRACE_S, SupervisorConfig
+from pool.supervisor.journal import Journal, JournaledRun
 from pool.supervisor.outbox import LINE, LOG, Outbox
+from pool.supervisor.recovery import (
+    rejoin_refused,
+    rejoin_unanswered,
+    report_message,
+    restart_events,
+)
 from pool.supervisor.timers import Timers
 
 log = logging.getLogger(__name__)
@@ -55,7 +62,15 @@ class RunSession:
         self.workloop = workloop
         self.config = config
         self.post = post
+        self.count = count
         self.state = JOINING
+        # the journal of claimed runs, and the journaled run this session recovers (if any):
+        # set by the arbiter (recovery.py)
+        self.journal: Journal | None = None
+        self.recovered: JournaledRun | None = None
+        # decided once, at recovery: its code may have run, so it is only reported (and holds
+        # no executor and no workloop slot)
+        self.report_only = False
         self.slot_id: int | None = None
         self.claimed_at = time.monotonic()
         # when kept events are given up if still undelivered: the token's expiry when known
@@ -91,14 +106,34 @@ class RunSession:
         """Every join outcome, the first and each rejoin after a drop."""
         if self.state == JOINING:
             if not reply.ok:
-                log.error("run %s: Lightning refused to join run:%s (%s); it will re-queue the "
-                          "run", self.run_id, self.run_id, _describe(reply))
+                if self.report_only and reply.status == "timeout":
+                    rejoin_unanswered(self.recovered)  # the channel rejoins by itself
+                    return
+                if self.recovered is not None:
+                    rejoin_refused(self, reply)
+                else:
+                    log.error("run %s: Lightning refused to join run:%s (%s); it will re-queue "
+                              "the run", self.run_id, self.run_id, _describe(reply))
                 self.state = REFUSED
                 return
             self.outbox.channel_up = True
+            if self.journal is not None:
+                self.journal.joined(self.run_id)
+            if self.report_only:
+                self.report_restart(self.recovered)
+                return
+            if self.recovered is not None:  # never dispatched: executed now, for the first time
+                self.count("run_recovered", outcome="executed")
             self.fetch_plan()
         elif reply.ok:
             self.outbox.resume()
+        elif reply.status == "error" and self.state == REPORTING:
+            # the channel is no longer ours (the run is final there, its run:complete landed
+            # before the drop, or the token expired): nothing left can be delivered
+            lost = self.outbox.abandon("refused")
+            log.warning("run %s: Lightning refused the rejoin (%s) with %d event(s) still to "
+                        "deliver; given up", self.run_id, _describe(reply), lost)
+            self.state = DONE
 
     def on_socket_closed(self) -> None:
         self.outbox.pause()
@@ -174,11 +209,24 @@ class RunSession:
         self.executor_done = True
         self.outbox.add([(RUN_COMPLETE, error_complete(reason, error_type, message))])
 
+    def report_restart(self, run: JournaledRun | None) -> None:
+        """A run the previous incarnation had in progress: close its open steps and complete
+        it as crashed (recovery.py); it is never executed again."""
+        assert run is not None
+        self.reason = "crash"
+        self.state = REPORTING
+        self.executor_done = True
+        self.outbox.add(restart_events(self.run_id, dict(run.open_steps), report_message(run)),
+                        LINE)
+
     # -- running ------------------------------------------------------------------------------
     def dispatched(self, slot_id: int) -> None:
-        """The executor got the run: start its events with the worker's preamble lines."""
+        """The executor gets the run now: start its events with the worker's preamble lines.
+        Journaled first: from here on the run's code may have run."""
         converted = self.converted
         assert converted is not None
+        if self.journal is not None:
+            self.journal.dispatched(self.run_id)
         self.state = RUNNING
         timeout_s = converted.limits["timeout_ms"] / 1000
         self.deadline = max(self.deadline, time.monotonic() + timeout_s + RUN_GRACE_S)
@@ -196,7 +244,10 @@ class RunSession:
             log.error("run %s: unreadable %s message from its executor ignored: %s",
                       self.run_id, kind, exc)
             return
-        if kind == "run-complete":
+        if kind == "step-start" and self.journal is not None:
+            self.journal.step_opened(self.run_id, str(message["step_id"]),
+                                     str(message["job_id"]))
+        elif kind == "run-complete":
             self.executor_done = True
             self.reason = message.get("reason") or "crash"
             self.state = REPORTING
@@ -222,7 +273,10 @@ class RunSession:
 
     def on_sent(self, tag: int, push: Push) -> None:
         assert push.reply is not None
+        flight = self.outbox.inflight
         self.outbox.on_reply(tag, push.reply)
+        if self.journal is not None and flight is not None and self.outbox.inflight is not flight:
+            self.journal.delivered(self.run_id, flight.event, flight.payload, push.reply.ok)
 
     def _withhold(self, step_id: str, dataclip_id: str) -> None:
         """A step's output was not stored: later steps and the run must not point at it."""

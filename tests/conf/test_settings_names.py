@@ -11,7 +11,6 @@ from tests.conf.manifests import CONF
 # adds them to pool/settings.py. Once there, they need no entry here.
 PENDING = {
     "WORKER_SANDBOX": "issue 12: --sandbox auto|namespaces|uid|none",
-    "WORKER_STATE_DIR": "issue 15: --state-dir, the journal of claimed runs",
 }
 LIGHTNING_ONLY = {"WORKER_RUNS_PRIVATE_KEY"}  # Lightning's side of the keys
 

@@ -244,3 +244,20 @@ def test_a_join_that_times_out_is_retried(server, connect, caplog) -> None:
     wait_until(lambda: f"joining run:{run_id} timed out" in caplog.text, "the log line")
     wait_until(lambda: any(reply.ok for reply in attempts), "a successful retry")
     assert run.channel.push("fetch:plan", {}, timeout=DEADLINE).result(DEADLINE)["id"] == run_id
+
+
+def test_a_timed_out_join_answered_late_does_not_close_the_channel(server, connect) -> None:
+    """Lightning sits on a join past its timeout, then handles it and the leave that followed:
+    the late reply and the phx_close of that abandoned join must not end the channel."""
+    attempts: list[Reply] = []
+    sock = connect(rejoin_delays=(1.5,))
+    run_id = server.enqueue(PLAN, credentials=CREDENTIALS, dataclips=DATACLIPS, wakeup=False)
+    queue = QueueChannel(sock, default_workloops(1))
+    assert queue.join().wait(DEADLINE).ok
+    [claimed] = queue.claim(1, None, ["*"]).result(DEADLINE)
+    server.stall_on("phx_join", 1.0, run_id=run_id)  # handled (with its leave) at 1 s
+    run = RunChannel(sock, run_id, claimed.token, timeout=0.3,
+                     on_join=lambda reply, _again: attempts.append(reply))
+    assert run.join().wait(DEADLINE) == Reply("timeout")
+    wait_until(lambda: any(reply.ok for reply in attempts), "the retry at 1.8 s to succeed")
+    assert run.channel.push("fetch:plan", {}, timeout=DEADLINE).result(DEADLINE)["id"] == run_id

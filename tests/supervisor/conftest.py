@@ -5,6 +5,7 @@ speed where isolation is not what a test is about)."""
 from __future__ import annotations
 
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -61,21 +62,26 @@ class Pool:
     """``poolctl start`` running against ``lightning``; its output goes to a file."""
 
     def __init__(self, lightning: DevServer, *args: str, env: dict[str, str] | None = None,
-                 with_lightning_env: bool = True, user: Unprivileged | None = None) -> None:
+                 with_lightning_env: bool = True, user: Unprivileged | None = None,
+                 port: int | None = None) -> None:
         """``user``: start it as that user, without the power to read other processes' memory
         (tests/unprivileged.py)."""
         self.lightning = lightning
         fd, self.log_path = tempfile.mkstemp(prefix="poolctl-", suffix=".log")
         full_env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
         full_env["WORKER_REPO_DIR"] = REPO
+        # a journal of its own, never the machine's default state dir (a test may pass one)
+        self._own_state_dir = tempfile.mkdtemp(prefix="poolctl-state-")
+        full_env["WORKER_STATE_DIR"] = self._own_state_dir
         if with_lightning_env:
             full_env.update(lightning.worker_env())
         full_env.update(env or {})
         # its own HTTP port (and so its own control socket): pools of concurrent test runs
         # must not meet on the default 2222
-        self.port = free_port()
+        self.port = port or free_port()
         if user is not None:
             full_env = user.env(full_env)
+            os.chown(self._own_state_dir, user.uid, user.uid)
         self.proc = subprocess.Popen(
             [user.python if user else sys.executable, str(ROOT / "bin" / "poolctl"), "start", "--isolation", "context",
              "--backoff", "0.05/0.5", "--offline", "--port", str(self.port),
@@ -120,6 +126,7 @@ class Pool:
             self.proc.kill()
             self.proc.wait()
         os.unlink(self.log_path)
+        shutil.rmtree(self._own_state_dir, ignore_errors=True)
 
 
 @pytest.fixture
