@@ -261,6 +261,11 @@ class AdaptorRepo:
             raise AdaptorError(f"Error {what}: {npm_reason(proc.stderr, proc.returncode)}")
         return proc
 
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """The repo's lock, for others that write into the repo (``pool.prepare``)."""
+        self.repo_dir.mkdir(parents=True, exist_ok=True)
+        return self._locked()
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         fd = os.open(self.repo_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)

@@ -155,6 +155,10 @@ SETTINGS: tuple[Setting, ...] = (
             "Seconds an @latest lookup is cached.", REPO),
     Setting("prewarm_adaptors", "--prewarm", ("WORKER_PREWARM_ADAPTORS",), parse_list, [],
             "Adaptors each executor imports before its first run.", RUNS),
+    Setting("prepare_adaptors", "--prepare-adaptors", ("WORKER_PREPARE_ADAPTORS",), parse_bool,
+            True, "strict/context: prepare each used adaptor in the background (one-file ESM "
+            "bundle checked against the package, Node's compile cache) so shims load it faster; "
+            "false keeps every adaptor plain.", RUNS),
     # --- the pool (poolctl's own) -----------------------------------------------------------------
     Setting("isolation", "--isolation", ("WORKER_ISOLATION",), parse_str, "strict",
             "strict | context | cold | noop: how runs are kept apart in an executor.", RUNS),

@@ -40,6 +40,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pool.adaptors import Adaptor, AdaptorError, AdaptorRepo
+from pool.executor.prepared import PreparedForms
 from pool.executor.shim import Shim, ShimBootError
 
 # why a shim was replaced: the ``recycled`` message's ``cause``
@@ -67,10 +68,15 @@ class WarmShim:
 
 
 class ShimFactory:
-    """Starts shims the same way for every mode: minimal env, repo as cwd, limits as flags."""
+    """Starts shims the same way for every mode: minimal env, repo as cwd, limits as flags.
+
+    With ``prepare`` (strict and context, ``--prepare-adaptors``), shims load each adaptor's
+    prepared form once the pool has made it, and boot with Node's compile cache when one built
+    for them exists (``pool.executor.prepared``)."""
 
     def __init__(self, node: str, repo_dir: str, env: dict[str, str], repo: AdaptorRepo,
-                 boot_timeout: float, prewarm: tuple[str, ...]) -> None:
+                 boot_timeout: float, prewarm: tuple[str, ...], prepare: bool = False,
+                 memory_mb: int = 0) -> None:
         self.node = node
         self.repo_dir = repo_dir
         self.env = env
@@ -78,14 +84,26 @@ class ShimFactory:
         self.boot_timeout = boot_timeout
         self.prewarm = list(prewarm)
         self.info: dict[str, Any] = {}  # the last shim's ``ready``: node and runtime versions
+        self.forms: PreparedForms | None = None
+        if prepare:
+            self.forms = PreparedForms(repo, node, memory_mb, self._build_cache)
+
+    def form(self, adaptor: Adaptor) -> Adaptor:
+        """The adaptor as this factory's shims load it (prepared, or plain)."""
+        return self.forms.form(adaptor) if self.forms is not None else adaptor
 
     def boot(self, memory_mb: int, adaptors: list[str]) -> WarmShim:
         """A started, ready shim with ``adaptors`` imported; ShimBootError if it cannot start."""
-        shim = Shim(self.node, memory_mb, self.env, self.repo_dir)
+        env = self.env
+        if self.forms is not None:
+            env = {**env, **self.forms.shim_env(memory_mb)}
+        shim = Shim(self.node, memory_mb, env, self.repo_dir)
         try:
             shim.start()
             info = shim.wait_ready(self.boot_timeout)
             self.info = info
+            if self.forms is not None:
+                self.forms.learn(info)
             warm = WarmShim(shim, memory_mb, info)
             if adaptors:
                 warm.warm_adaptors = self._warm(shim, adaptors)
@@ -103,7 +121,7 @@ class ShimFactory:
             except AdaptorError as exc:  # a bad prewarm entry costs speed, never a boot
                 print(f"executor: cannot pre-warm {spec}: {exc}", file=sys.stderr, flush=True)
                 continue
-            found.append(adaptor_dict(adaptor))
+            found.append(adaptor_dict(self.form(adaptor)))
         if not found:
             return []
         reply = shim.warm(found, self.boot_timeout)
@@ -111,6 +129,21 @@ class ShimFactory:
             print(f"executor: pre-warming {error.get('specifier')} failed: "
                   f"{error.get('message')}", file=sys.stderr, flush=True)
         return list(reply.get("adaptors") or [])
+
+
+    def _build_cache(self, memory_mb: int, extra_env: dict[str, str],
+                     adaptors: list[Adaptor]) -> None:
+        """Boot a shim exactly as :meth:`boot` does plus ``extra_env``, import ``adaptors``,
+        and let it exit normally: Node writes its compile cache then."""
+        shim = Shim(self.node, memory_mb, {**self.env, **extra_env}, self.repo_dir)
+        try:
+            shim.start()
+            shim.wait_ready(self.boot_timeout)
+            reply = shim.warm([adaptor_dict(a) for a in adaptors], self.boot_timeout)
+            for error in reply.get("errors") or []:
+                raise ShimBootError(f"{error.get('specifier')}: {error.get('message')}")
+        finally:
+            shim.close()
 
 
 def adaptor_dict(adaptor: Adaptor) -> dict[str, str]:
@@ -206,7 +239,7 @@ class Mode:
         """``(shim, dedicated)`` for a run; a dedicated shim is discarded after it."""
         raise NotImplementedError
 
-    def cache_key(self, run_id: str) -> str:
+    def cache_key(self, run_id: str) -> str | None:
         return run_id
 
     def finish(self, shim: WarmShim, dedicated: bool, cause: str | None) -> str | None:
@@ -249,6 +282,11 @@ class Strict(Mode):
 
     def idle(self) -> WarmShim | None:
         return self.standby.peek()
+
+    def cache_key(self, run_id: str) -> str | None:
+        """None: the run imports each adaptor under the URL its standby already imported while
+        warming, so the adaptor is not evaluated a second time (the shim is fresh anyway)."""
+        return None
 
     def take(self, memory_mb: int, adaptors: list[str]) -> tuple[WarmShim, bool]:
         if memory_mb > self.memory_mb:

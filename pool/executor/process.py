@@ -26,6 +26,7 @@ from pool.executor.inbox import EOF, MESSAGE, WAKE, Inbox
 
 MB = 1024 * 1024
 DEFAULT_STATE_PROPS_TO_REMOVE = ("configuration", "response")  # ws-worker's default
+PREPARED_MODES = ("strict", "context")  # cold stays the plain baseline
 
 
 class BootFailure(Exception):
@@ -43,6 +44,7 @@ class Executor:
         self.config = config
         self.mode: Any = None
         self.repo: Any = None
+        self.factory: Any = None
         self.home = ""
         self.ready_pending = True
         self.recycled: list[dict[str, Any]] = []
@@ -77,10 +79,13 @@ class Executor:
         self.home = tempfile.mkdtemp(prefix="poolctl-shim-home-")
         self.repo = AdaptorRepo(cfg.repo_dir, offline=cfg.offline,
                                 install_timeout=cfg.install_timeout, latest_ttl=cfg.latest_ttl)
+        memory = cfg.limits.memory_mb
         factory = ShimFactory(node, cfg.repo_dir, shim_env(os.environ, cfg.env_allowlist,
                                                            self.home),
-                              self.repo, cfg.boot_timeout, cfg.prewarm)
-        memory = cfg.limits.memory_mb
+                              self.repo, cfg.boot_timeout, cfg.prewarm,
+                              prepare=cfg.prepare and cfg.isolation in PREPARED_MODES,
+                              memory_mb=memory)
+        self.factory = factory
         if cfg.isolation == "strict":
             self.mode = Strict(factory, memory, self.inbox.wake)
         elif cfg.isolation == "context":
@@ -217,7 +222,7 @@ class Executor:
         adaptors = {}
         for spec in specs:
             try:
-                adaptors[spec] = adaptor_dict(self.repo.resolve(spec))
+                adaptors[spec] = adaptor_dict(self.factory.form(self.repo.resolve(spec)))
             except AdaptorError as exc:
                 text = _one_line(exc)
                 if not text.startswith("Error "):

@@ -67,6 +67,11 @@ class ShimExited(Exception):
         super().__init__(f"shim exited with code {returncode}: {last}")
 
 
+def node_flags(memory_mb: int) -> list[str]:
+    """The Node flags a shim starts with (Node's compile cache is keyed by them)."""
+    return ["--experimental-vm-modules", "--no-warnings", f"--max-old-space-size={memory_mb}"]
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 
@@ -92,8 +97,7 @@ class Shim:
     # ---- lifecycle -----------------------------------------------------------------------------
 
     def argv(self) -> list[str]:
-        return [self.node, "--experimental-vm-modules", "--no-warnings",
-                f"--max-old-space-size={self.memory_mb}", SHIM_SCRIPT, self.repo_dir]
+        return [self.node, *node_flags(self.memory_mb), SHIM_SCRIPT, self.repo_dir]
 
     def start(self) -> None:
         """Spawn the shim with fd 3 = our socketpair, stdin /dev/null, stdout/stderr piped."""
