@@ -73,6 +73,12 @@ PREPARE_SCRIPT = SHIM_DIR / "prepare.mjs"
 COMPILE_CACHE_MIN_NODE = 22  # NODE_COMPILE_CACHE exists from 22.1
 
 
+def is_prepared(adaptor: Adaptor) -> bool:
+    """True when ``adaptor.path`` is a prepared folder (as :meth:`PreparedRepo.form` gives)."""
+    parts = Path(adaptor.path).parts
+    return len(parts) >= 3 and parts[-3] == PREPARED_DIR
+
+
 @functools.cache
 def esbuild_version() -> str | None:
     """The esbuild the shim's package installed (``npm ci`` in pool/shim), or None."""
@@ -256,7 +262,8 @@ class CompileCache:
             binary = f"{self.node}:{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             binary = self.node
-        digest = hashlib.sha256(json.dumps([binary, self.flags, self.uid]).encode()).hexdigest()
+        digest = hashlib.sha256(json.dumps([binary, self.flags, self.uid, shim_code()])
+                                .encode()).hexdigest()
         self.folder = repo.repo_dir / CACHE_DIR / digest[:16]
         self._stamp: tuple[int, dict[str, Any] | None] = (0, None)
 
@@ -301,6 +308,15 @@ def _remove_leftovers(folder: Path) -> None:
     for path in folder.iterdir():
         if path.name.startswith((".tmp-", ".old-")):
             shutil.rmtree(path, ignore_errors=True)
+
+
+@functools.cache
+def shim_code() -> list[tuple[str, int]]:
+    """The shim's own files and their times: a changed shim gets a cache of its own (Node
+    would reject the old entries, and a shim would write new ones)."""
+    files = [*SHIM_DIR.glob("*.mjs"), *SHIM_DIR.glob("compiler/*.mjs"),
+             SHIM_DIR / "package-lock.json"]
+    return [(str(f), _mtime_ns(f)) for f in sorted(files)]
 
 
 def _chmod_tree(folder: Path, writable: bool) -> None:

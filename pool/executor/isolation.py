@@ -42,6 +42,7 @@ from typing import Any
 from pool.adaptors import Adaptor, AdaptorError, AdaptorRepo
 from pool.executor.prepared import PreparedForms
 from pool.executor.shim import Shim, ShimBootError
+from pool.prepare import is_prepared
 
 # why a shim was replaced: the ``recycled`` message's ``cause``
 RUNS, RSS, CRASH, TIMEOUT, OOM, CANCEL = "runs", "rss", "crash", "timeout", "oom", "cancel"
@@ -114,7 +115,7 @@ class ShimFactory:
         return warm
 
     def _warm(self, shim: Shim, specifiers: list[str]) -> list[str]:
-        found: list[dict[str, str]] = []
+        found: list[dict[str, Any]] = []
         for spec in dict.fromkeys(specifiers):
             try:
                 adaptor = self.repo.resolve(spec)
@@ -146,9 +147,9 @@ class ShimFactory:
             shim.close()
 
 
-def adaptor_dict(adaptor: Adaptor) -> dict[str, str]:
+def adaptor_dict(adaptor: Adaptor) -> dict[str, Any]:
     return {"specifier": adaptor.specifier, "name": adaptor.name, "version": adaptor.version,
-            "path": adaptor.path}
+            "path": adaptor.path, "prepared": is_prepared(adaptor)}
 
 
 class Standby:
