@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import contextlib
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -92,3 +93,57 @@ class MemorySampler:
             return None
         return max((s for _, s in self.samples),
                    key=lambda s: s.supervisor_pss_mb + s.rest_pss_mb)
+
+
+class ShimCounter:
+    """Counts the shims a pool starts: polls its process tree every ``interval_s`` for Node
+    processes running ``shim.mjs`` (a shim lives at least through a boot and a run, far longer
+    than the interval), keeping every pid ever seen and the ones alive now."""
+
+    def __init__(self, pid: int, interval_s: float = 0.01) -> None:
+        self.pid = pid
+        self.interval_s = interval_s
+        self.seen: set[int] = set()
+        self.live: frozenset[int] = frozenset()
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="bench-shims")
+
+    def _shims(self) -> frozenset[int]:
+        out = set()
+        with contextlib.suppress(psutil.Error):
+            for child in psutil.Process(self.pid).children(recursive=True):
+                with contextlib.suppress(psutil.Error):
+                    if any(arg.endswith("shim.mjs") for arg in child.cmdline()):
+                        out.add(child.pid)
+        return frozenset(out)
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.live = self._shims()
+            self.seen |= self.live
+            self._stop.wait(self.interval_s)
+
+    def settle(self, count: int | None, still_s: float = 0.5, timeout_s: float = 60.0) -> bool:
+        """Wait until the live shims stay the same set for ``still_s`` (and number ``count``,
+        when given): a steady state, every standby booted. False if it never came."""
+        deadline = time.monotonic() + timeout_s
+        since, last = time.monotonic(), self.live
+        while time.monotonic() < deadline:
+            time.sleep(self.interval_s)
+            now = self.live
+            if now != last or (count is not None and len(now) != count):
+                since, last = time.monotonic(), now
+            elif time.monotonic() - since >= still_s:
+                return True
+        return False
+
+    def __enter__(self) -> ShimCounter:
+        self.live = self._shims()
+        self.seen |= self.live
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+

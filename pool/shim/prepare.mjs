@@ -8,10 +8,10 @@
 //
 // Why ESM and not CommonJS: the runtime's linker imports `<entry>?cache=<key>` to give each
 // `context` run a fresh adaptor module, and Node caches CommonJS by file name whatever the query
-// says, so a CommonJS bundle would hand every run the same instance. The `createRequire` banner
+// says, so a CommonJS bundle would hand every run the same instance. A `createRequire` banner
 // gives the bundle a `require` (CommonJS dependencies that esbuild leaves as dynamic requires,
-// Node built-ins mostly), resolved from the plain package's folder, and `__filename` /
-// `__dirname` as the plain entry's.
+// Node built-ins mostly), resolved from the plain package's folder; `__filename` / `__dirname`
+// are the plain entry's.
 import fs from 'node:fs';
 import path from 'node:path';
 import { pathToFileURL } from 'node:url';
@@ -58,12 +58,19 @@ async function main() {
   if (!entry) return reply({ ok: false, reason: `no package.json in ${request.package}` });
   const outfile = path.join(request.out, BUNDLE);
   const anchor = JSON.stringify(entry.path);
+  // `require` must be a top-level binding of the file, for esbuild's own `__require` helper:
+  // a banner. `__filename`/`__dirname` are injected instead, so esbuild renames around an
+  // adaptor's own top-level `const __filename` (a common ESM idiom) rather than colliding.
   const banner = [
     "import { createRequire as __poolctlCreateRequire } from 'node:module';",
     `const require = __poolctlCreateRequire(${anchor});`,
+  ].join('\n');
+  const inject = path.join(request.out, '.globals.mjs');
+  fs.writeFileSync(inject, [
     `const __filename = ${anchor};`,
     `const __dirname = ${JSON.stringify(path.dirname(entry.path))};`,
-  ].join('\n');
+    'export { __filename, __dirname };',
+  ].join('\n'));
   try {
     await esbuild.build({
       entryPoints: [entry.path],
@@ -73,6 +80,7 @@ async function main() {
       platform: 'node',
       target: `node${process.versions.node.split('.')[0]}`,
       banner: { js: banner },
+      inject: [inject],
       logLevel: 'silent',
       legalComments: 'none',
     });
@@ -80,6 +88,8 @@ async function main() {
     const first = e.errors?.[0];
     const where = first?.location ? ` (${first.location.file}:${first.location.line})` : '';
     return reply({ ok: false, reason: `esbuild failed: ${first?.text ?? e.message}${where}` });
+  } finally {
+    fs.rmSync(inject, { force: true });
   }
   let plain;
   let bundled;
