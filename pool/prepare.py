@@ -66,6 +66,7 @@ CACHE_DIR = ".compile-cache"
 STAMP = "stamp.json"
 BUNDLE = "adaptor.mjs"
 FORMAT = 1  # bump when prepare.mjs makes a different bundle
+CACHE_FORMAT = 1  # bump when the cache is built differently
 PREPARED, PLAIN = "prepared", "plain"
 PREPARE_TIMEOUT_S = 180.0
 SHIM_DIR = Path(__file__).resolve().parent / "shim"
@@ -262,7 +263,8 @@ class CompileCache:
             binary = f"{self.node}:{st.st_size}:{st.st_mtime_ns}"
         except OSError:
             binary = self.node
-        digest = hashlib.sha256(json.dumps([binary, self.flags, self.uid, shim_code()])
+        digest = hashlib.sha256(json.dumps([CACHE_FORMAT, binary, self.flags, self.uid,
+                                            shim_code()])
                                 .encode()).hexdigest()
         self.folder = repo.repo_dir / CACHE_DIR / digest[:16]
         self._stamp: tuple[int, dict[str, Any] | None] = (0, None)
@@ -289,6 +291,7 @@ class CompileCache:
         with self.repo.locked():
             if self.covers(adaptors):
                 return
+            self._remove_outdated()
             self.folder.mkdir(parents=True, exist_ok=True)
             _chmod_tree(self.folder, writable=True)
             (self.folder / STAMP).unlink(missing_ok=True)
@@ -298,6 +301,17 @@ class CompileCache:
                 "adaptors": [a.path for a in adaptors]})
             _chmod_tree(self.folder, writable=False)
             self._stamp = (0, None)
+
+    def _remove_outdated(self) -> None:
+        """Caches for this very launch (binary, flags, uid) made for an older shim or format:
+        no shim will use them again."""
+        for stamp_path in self.folder.parent.glob(f"*/{STAMP}"):
+            folder = stamp_path.parent
+            stamp = _read_json(stamp_path) or {}
+            if folder != self.folder and [stamp.get("node"), stamp.get("flags"),
+                                          stamp.get("uid")] == [self.node, self.flags, self.uid]:
+                _chmod_tree(folder, writable=True)
+                shutil.rmtree(folder, ignore_errors=True)
 
     def env(self) -> dict[str, str]:
         return {"NODE_COMPILE_CACHE": str(self.folder)}

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import argparse
 import collections
+import contextlib
 import json
 import os
 import re
@@ -29,9 +30,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+import psutil
+
 from pool.adaptors import AdaptorRepo
 from pool.bench.workloads import COMMON
 from pool.executor.environment import shim_env
+from pool.executor.handle import ExecutorHandle
 from pool.executor.isolation import ShimFactory, adaptor_dict
 from pool.executor.shim import Shim
 
@@ -175,6 +179,54 @@ def measure_shim(node: str, repo_dir: str, memory_mb: int = 500, plain: bool = F
     return out
 
 
+def executor_cpu(node: str, repo_dir: str, runs: int, memory_mb: int = 500,
+                 prepare: bool = True) -> tuple[float, float]:
+    """A real strict executor taking ``runs`` trivial runs 0.3 s apart (a standby always
+    waiting): (its own Python CPU ms per run, its shims' CPU ms per run, reaped ones too)."""
+    init = {"node": node, "repo_dir": repo_dir, "isolation": "strict", "prewarm": [COMMON],
+            "adaptors": {"offline": True}, "prepare": prepare,
+            "limits": {"timeout_ms": 60_000, "memory_mb": memory_mb, "payload_mb": 10,
+                       "log_payload_mb": 1}}
+    handle = ExecutorHandle.spawn(init)
+    try:
+        handle.wait_ready(120)
+        for _ in range(3):  # the first runs pay for first loads (and any preparing)
+            _one_run(handle)
+        proc = psutil.Process(handle.pid)
+        own0, all0 = _tree_cpu(proc)
+        for _ in range(runs):
+            time.sleep(0.3)
+            _one_run(handle)
+        own1, all1 = _tree_cpu(proc)
+    finally:
+        handle.close()
+    own = (own1 - own0) * 1000 / runs
+    return own, (all1 - all0) * 1000 / runs - own
+
+
+def _tree_cpu(proc: psutil.Process) -> tuple[float, float]:
+    t = proc.cpu_times()
+    total = t.user + t.system + t.children_user + t.children_system
+    for child in proc.children(recursive=True):
+        with contextlib.suppress(psutil.Error):
+            c = child.cpu_times()
+            total += c.user + c.system
+    return t.user + t.system, total
+
+
+def _one_run(handle: ExecutorHandle) -> None:
+    run_id = str(uuid.uuid4())
+    handle.run(run_id, {"id": run_id, "options": {}, "workflow": {"steps": [
+        {"id": "a", "name": "a", "expression": JOB, "adaptors": [COMMON],
+         "configuration": {}}]}}, {"data": {}}, None)
+    while True:
+        message = handle.recv(120)
+        if message is None:
+            raise RuntimeError("the executor did not answer within 120 s")
+        if message["type"] == "ready":
+            return
+
+
 def _cpu_ms(pid: int) -> float:
     try:
         with open(f"/proc/{pid}/stat", encoding="ascii") as fh:
@@ -232,6 +284,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--memory-mb", type=int, default=500)
     parser.add_argument("--plain", action="store_true",
                         help="no prepared adaptor, no compile cache (cold's path)")
+    parser.add_argument("--executor-runs", type=int, default=0, metavar="N",
+                        help="also N runs through a real strict executor: its own CPU per run")
     parser.add_argument("--profile", metavar="DIR", default=None,
                         help="write a --cpu-prof profile there and print its breakdown")
     args = parser.parse_args(argv)
@@ -252,6 +306,11 @@ def main(argv: list[str] | None = None) -> int:
         for name, ms in result.profile.items():
             if name != "idle":
                 print(f"  {ms:7.0f} ms  {ms / total:5.1%}  {name}")
+    if args.executor_runs:
+        own, shims = executor_cpu(args.node, args.repo_dir, args.executor_runs, args.memory_mb,
+                                  prepare=not args.plain)
+        print(f"strict executor, {args.executor_runs} runs: its own Python {own:.0f} ms CPU "
+              f"per run, its shims {shims:.0f} ms per run")
     return 0 if result.reason == "success" else 1
 
 
