@@ -315,4 +315,18 @@ def install_command(specifiers: list[str], settings: Any) -> int:
             continue
         verb = "already installed" if was_there else "installed"
         print(f"{verb} {adaptor.name}@{adaptor.version} at {adaptor.path}")
+        if getattr(settings, "prepare_adaptors", False):
+            prepare_installed(repo, adaptor, getattr(settings, "node", "node"))
     return status
+
+
+def prepare_installed(repo: AdaptorRepo, adaptor: Adaptor, node: str) -> None:
+    """``poolctl install`` also prepares what it installed (``--no-prepare-adaptors``: not)."""
+    from pool.prepare import PREPARED, PreparedRepo  # the prepared forms build on this module
+
+    def say(line: str) -> None:
+        print(f"poolctl install: {line}", file=sys.stderr)
+
+    state = PreparedRepo(repo).prepare(adaptor, node, say)
+    if state == PREPARED:
+        print(f"prepared {adaptor.name}@{adaptor.version}")

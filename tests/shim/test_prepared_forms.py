@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import subprocess
+import sys
 from pathlib import Path
 from typing import Any
 
@@ -195,3 +196,19 @@ def test_a_new_esbuild_or_a_reinstalled_adaptor_prepares_it_again(tmp_path):
     assert prepared.state(adaptor) is None
     assert prepared.prepare(adaptor, NODE, print) == PREPARED
     assert not list(prepared.folder(adaptor).parent.glob(".tmp-*"))
+
+
+def test_poolctl_install_prepares_what_it_installs_unless_told_not_to(tmp_path):
+    repo_dir = linked_repo(tmp_path / "repo")
+    poolctl = [sys.executable, str(Path(__file__).resolve().parents[2] / "bin" / "poolctl"),
+               "install",
+               "--offline", "--repo-dir", str(repo_dir), "--node", NODE]
+    off = subprocess.run([*poolctl, "--no-prepare-adaptors", COMMON], capture_output=True,
+                         text=True, timeout=120)
+    assert off.returncode == 0, off.stderr
+    assert "prepared" not in off.stdout and not (repo_dir / ".prepared").exists()
+    on = subprocess.run([*poolctl, COMMON], capture_output=True, text=True, timeout=120)
+    assert on.returncode == 0, on.stderr
+    assert f"prepared {COMMON}" in on.stdout
+    repo = AdaptorRepo(str(repo_dir), offline=True)
+    assert PreparedRepo(repo).state(repo.resolve(COMMON)) == PREPARED
