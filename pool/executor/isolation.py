@@ -12,8 +12,10 @@ adaptor ``cache_key`` (a fresh adaptor entry module), and the shim's per-run res
 console). For trusted workloads; the fastest. Documented leaks from one run to the next in the
 same shim (see openfn-engine.md §7.4 and §8.1):
 
-- module state of an adaptor's *dependencies* (e.g. ``_.mixin`` on language-common's lodash),
-  which the cache key does not renew;
+- module state of a plain adaptor's *dependencies* (e.g. ``_.mixin`` on language-common's
+  lodash), which the cache key does not renew (a prepared adaptor is one file, its dependencies
+  inlined, so the cache key renews them too; only what it reaches through ``require``, mostly
+  Node built-ins, stays shared);
 - changes adaptor or job code makes to the host realm: ``process.env``, host globals reached
   through ``process``/constructors, patched built-in modules;
 - sockets and keep-alive agents opened by adaptors;
