@@ -167,8 +167,8 @@ class PreparedRepo:
         out = []
         for stamp_path in sorted(self.root.glob(f"*/*/{STAMP}")):
             stamp = _read_json(stamp_path)
-            if not stamp or stamp.get("status") != PREPARED:
-                continue
+            if not stamp or stamp.get("status") != PREPARED or "name" not in stamp:
+                continue  # (the shim's own bundle, .shim/<key>/, has no name)
             name, version = str(stamp.get("name")), str(stamp.get("version"))
             plain = Adaptor(f"{name}@{version}", name, version,
                             str(self.repo.package_path(name, version)))
@@ -228,35 +228,99 @@ class PreparedRepo:
 
     @staticmethod
     def _bundle(adaptor: Adaptor, node: str, out: Path) -> dict[str, Any]:
-        """Run prepare.mjs; its JSON answer, or {ok: False, reason} when it could not answer."""
-        if esbuild_version() is None:
-            return {"ok": False, "reason": "esbuild is not installed (npm ci in pool/shim)"}
-        request = json.dumps({"package": adaptor.path, "out": str(out)})
-        env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(out)}
-        try:
-            proc = subprocess.run([node, str(PREPARE_SCRIPT), request], capture_output=True,
-                                  text=True, timeout=PREPARE_TIMEOUT_S, env=env,
-                                  stdin=subprocess.DEVNULL, cwd=str(out))
-        except (OSError, subprocess.TimeoutExpired) as exc:
-            return {"ok": False, "reason": f"prepare.mjs did not finish: {exc}"}
-        lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
-        if proc.returncode != 0 or not lines:
-            tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
-            return {"ok": False, "reason": f"prepare.mjs failed (code {proc.returncode}): {tail}"}
-        try:
-            answer = json.loads(lines[-1])
-        except ValueError:
-            return {"ok": False, "reason": "prepare.mjs answered no JSON"}
-        return answer if isinstance(answer, dict) else {"ok": False, "reason": "bad answer"}
+        return _run_prepare(node, {"package": adaptor.path, "out": str(out)}, out)
+
+
+def _run_prepare(node: str, request: dict[str, Any], out: Path) -> dict[str, Any]:
+    """Run prepare.mjs; its JSON answer, or {ok: False, reason} when it could not answer."""
+    if esbuild_version() is None:
+        return {"ok": False, "reason": "esbuild is not installed (npm ci in pool/shim)"}
+    env = {"PATH": os.environ.get("PATH", "/usr/bin:/bin"), "HOME": str(out)}
+    try:
+        proc = subprocess.run([node, str(PREPARE_SCRIPT), json.dumps(request)],
+                              capture_output=True, text=True, timeout=PREPARE_TIMEOUT_S,
+                              env=env, stdin=subprocess.DEVNULL, cwd=str(out))
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        return {"ok": False, "reason": f"prepare.mjs did not finish: {exc}"}
+    lines = [line for line in proc.stdout.splitlines() if line.startswith("{")]
+    if proc.returncode != 0 or not lines:
+        tail = (proc.stderr.strip().splitlines() or ["no output"])[-1]
+        return {"ok": False, "reason": f"prepare.mjs failed (code {proc.returncode}): {tail}"}
+    try:
+        answer = json.loads(lines[-1])
+    except ValueError:
+        return {"ok": False, "reason": "prepare.mjs answered no JSON"}
+    return answer if isinstance(answer, dict) else {"ok": False, "reason": "bad answer"}
+
+
+class PreparedShim:
+    """The shim itself as one file (``<repo>/.prepared/.shim/<key>/shim.mjs``): its runtime,
+    logger and compiler inlined, which a fresh Node loads in about half the CPU of their many
+    files. Keyed by the shim's code and esbuild's version; used only once a shim booted from it
+    said ``ready`` (``check``), else the plain shim.mjs stays, with the reason logged once."""
+
+    def __init__(self, repo: AdaptorRepo) -> None:
+        self.repo = repo
+        key = hashlib.sha256(json.dumps([FORMAT, esbuild_version(), shim_code()])
+                             .encode()).hexdigest()[:16]
+        self.folder = repo.repo_dir / PREPARED_DIR / ".shim" / key
+        self._stamp: tuple[int, dict[str, Any] | None] = (0, None)
+
+    def stamp(self) -> dict[str, Any] | None:
+        path = self.folder / STAMP
+        mtime = _mtime_ns(path)
+        if mtime != self._stamp[0]:
+            self._stamp = (mtime, _read_json(path) if mtime else None)
+        return self._stamp[1]
+
+    def script(self) -> str | None:
+        """The bundle's path when it is usable, else None (boot the plain shim.mjs)."""
+        stamp = self.stamp()
+        if stamp and stamp.get("status") == PREPARED:
+            return str(self.folder / "shim.mjs")
+        return None
+
+    def prepare(self, node: str, check: Callable[[str], None], log: Callable[[str], None]) -> None:
+        """Bundle the shim and boot it once (``check(script)`` raises if it cannot serve)."""
+        with self.repo.locked():
+            if self.stamp() is not None:
+                return
+            self.folder.parent.mkdir(parents=True, exist_ok=True)
+            _remove_leftovers(self.folder.parent)
+            work = Path(tempfile.mkdtemp(dir=self.folder.parent, prefix=".tmp-"))
+            try:
+                result = _run_prepare(node, {"shim": str(SHIM_DIR / "shim.mjs"),
+                                             "out": str(work)}, work)
+                stamp: dict[str, Any] = {"status": PLAIN, "esbuild": esbuild_version(),
+                                         "time": time.time()}
+                if result.get("ok"):
+                    try:
+                        check(str(work / "shim.mjs"))
+                        stamp |= {"status": PREPARED, "bytes": result.get("bytes")}
+                    except Exception as exc:  # noqa: BLE001 - any failure: stay plain, say why
+                        result = {"reason": f"a shim booted from the bundle failed: {exc}"}
+                if stamp["status"] != PREPARED:
+                    (work / "shim.mjs").unlink(missing_ok=True)
+                    stamp["reason"] = str(result.get("reason") or "unknown")
+                    log(f"the shim stays plain: {stamp['reason']}")
+                _write_json(work / STAMP, stamp)
+                for path in work.iterdir():
+                    os.chmod(path, 0o644)
+                os.chmod(work, 0o755)
+                PreparedRepo._swap(work, self.folder)
+            finally:
+                shutil.rmtree(work, ignore_errors=True)
+            self._stamp = (0, None)
 
 
 class CompileCache:
     """Node's compile cache for one way of starting a shim (binary, flags, uid)."""
 
-    def __init__(self, repo: AdaptorRepo, node: str, flags: list[str]) -> None:
+    def __init__(self, repo: AdaptorRepo, node: str, flags: list[str], script: str) -> None:
         self.repo = repo
         self.node = os.path.realpath(node)
         self.flags = list(flags)
+        self.script = script
         self.uid = os.getuid()
         try:
             st = os.stat(self.node)
@@ -264,7 +328,7 @@ class CompileCache:
         except OSError:
             binary = self.node
         digest = hashlib.sha256(json.dumps([CACHE_FORMAT, binary, self.flags, self.uid,
-                                            shim_code()])
+                                            script, shim_code()])
                                 .encode()).hexdigest()
         self.folder = repo.repo_dir / CACHE_DIR / digest[:16]
         self._stamp: tuple[int, dict[str, Any] | None] = (0, None)
@@ -297,7 +361,8 @@ class CompileCache:
             (self.folder / STAMP).unlink(missing_ok=True)
             boot({"NODE_COMPILE_CACHE": str(self.folder)})
             _write_json(self.folder / STAMP, {
-                "node": self.node, "flags": self.flags, "uid": self.uid, "time": time.time(),
+                "node": self.node, "flags": self.flags, "uid": self.uid, "script": self.script,
+                "time": time.time(),
                 "adaptors": [a.path for a in adaptors]})
             _chmod_tree(self.folder, writable=False)
             self._stamp = (0, None)
@@ -308,8 +373,9 @@ class CompileCache:
         for stamp_path in self.folder.parent.glob(f"*/{STAMP}"):
             folder = stamp_path.parent
             stamp = _read_json(stamp_path) or {}
-            if folder != self.folder and [stamp.get("node"), stamp.get("flags"),
-                                          stamp.get("uid")] == [self.node, self.flags, self.uid]:
+            if folder != self.folder and [stamp.get("node"), stamp.get("flags"), stamp.get("uid"),
+                                          stamp.get("script")] == [self.node, self.flags,
+                                                                   self.uid, self.script]:
                 _chmod_tree(folder, writable=True)
                 shutil.rmtree(folder, ignore_errors=True)
 
@@ -351,13 +417,17 @@ class Preparer:
     then rebuilds the compile cache to cover them. Never on a run's path; errors are logged."""
 
     def __init__(self, prepared: PreparedRepo, node: str,
-                 build_cache: Callable[[list[Adaptor]], None] | None) -> None:
+                 build_cache: Callable[[list[Adaptor]], None] | None,
+                 shim: PreparedShim | None = None,
+                 check_shim: Callable[[str], None] | None = None) -> None:
         self.prepared = prepared
         self.node = node
         self.build_cache = build_cache
+        self.shim = shim
+        self.check_shim = check_shim
         self._asked: set[str] = set()
         self._cache_queued = False
-        self._queue: queue.Queue[Adaptor | None] = queue.Queue()
+        self._queue: queue.Queue[Adaptor | str | None] = queue.Queue()
         self._idle = threading.Event()
         self._idle.set()
         self._thread = threading.Thread(target=self._loop, name="preparer", daemon=True)
@@ -381,6 +451,14 @@ class Preparer:
         self._idle.clear()
         self._queue.put(None)
 
+    def want_shim(self) -> None:
+        """Bundle the shim itself (once)."""
+        if self.shim is None or "shim" in self._asked:
+            return
+        self._asked.add("shim")
+        self._idle.clear()
+        self._queue.put("shim")
+
     def wait_idle(self, timeout: float) -> bool:
         return self._idle.wait(timeout)
 
@@ -388,13 +466,18 @@ class Preparer:
         while True:
             adaptor = self._queue.get()
             try:
-                if adaptor is not None:
+                if adaptor == "shim":
+                    if self.shim is not None and self.check_shim is not None:
+                        self.shim.prepare(self.node, self.check_shim, _log)
+                elif isinstance(adaptor, Adaptor):
                     self.prepared.prepare(adaptor, self.node, _log)
                 if self.build_cache is not None and self._queue.empty():
                     self._cache_queued = False
                     self.build_cache(self.prepared.prepared())
             except Exception as exc:  # noqa: BLE001 - a background helper must not die
-                _log(f"preparing {adaptor.name if adaptor else 'the compile cache'} failed: "
+                what = adaptor.name if isinstance(adaptor, Adaptor) else \
+                    adaptor or "the compile cache"
+                _log(f"preparing {what} failed: "
                      f"{' '.join(str(exc).split()) or type(exc).__name__}")
             if self._queue.empty():
                 self._idle.set()

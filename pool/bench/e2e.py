@@ -33,8 +33,8 @@ from pool.bench.shim_run import measure_shim
 from pool.bench.workloads import ADAPTORS, COMMON, WORKLOADS, SlowHttpServer
 from pool.devserver.server import DevServer
 from pool.executor.process import PREPARED_MODES
-from pool.executor.shim import node_flags
-from pool.prepare import COMPILE_CACHE_MIN_NODE, CompileCache, PreparedRepo
+from pool.executor.shim import SHIM_SCRIPT, node_flags
+from pool.prepare import COMPILE_CACHE_MIN_NODE, CompileCache, PreparedRepo, PreparedShim
 from pool.settings import default_of
 
 SPACED_GAP_S = 2.0
@@ -132,14 +132,17 @@ def prepared_waiter(repo_dir: str, node: str, workload: str) -> Callable[[], Non
     repo = AdaptorRepo(repo_dir, offline=True)
     prepared = PreparedRepo(repo)
     wanted = [repo.resolve(spec) for spec in (ADAPTORS if workload == "mix" else (COMMON,))]
-    cache = CompileCache(repo, shutil.which(node) or node, node_flags(RUN_MEMORY_MB)) \
-        if node_major(node) >= COMPILE_CACHE_MIN_NODE else None
+    shim = PreparedShim(repo)
+    with_cache = node_major(node) >= COMPILE_CACHE_MIN_NODE
 
     def wait() -> None:
         deadline = time.monotonic() + PREPARE_WAIT_S
         while time.monotonic() < deadline:
-            if all(prepared.state(a) is not None for a in wanted) and (
-                    cache is None or cache.covers(prepared.prepared())):
+            script = shim.script() or SHIM_SCRIPT
+            cache = CompileCache(repo, shutil.which(node) or node, node_flags(RUN_MEMORY_MB),
+                                 script)
+            if all(prepared.state(a) is not None for a in wanted) and shim.stamp() and (
+                    not with_cache or cache.covers(prepared.prepared())):
                 return
             time.sleep(0.5)
         raise BenchError(f"the pool did not prepare {', '.join(a.specifier for a in wanted)} "

@@ -120,14 +120,17 @@ def measure_shim(node: str, repo_dir: str, memory_mb: int = 500, plain: bool = F
                           memory_mb=memory_mb)
     adaptor = repo.resolve(COMMON)
     extra: dict[str, str] = {}
+    script = None
     if factory.forms is not None:
         forms = factory.forms
         factory.boot(memory_mb, []).discard()  # learns the Node version, as an executor does
         deadline = time.monotonic() + wait_s
         while time.monotonic() < deadline:
             form = forms.form(adaptor)
-            extra = forms.shim_env(memory_mb)
-            if form.path != adaptor.path and (extra or forms.node_major < 22):
+            script = forms.script()
+            extra = forms.shim_env(memory_mb, script)
+            if form.path != adaptor.path and forms.shim.stamp() is not None and (
+                    extra or forms.node_major < 22):
                 break
             forms.preparer.wait_idle(1.0)
         adaptor = forms.form(adaptor)
@@ -136,7 +139,7 @@ def measure_shim(node: str, repo_dir: str, memory_mb: int = 500, plain: bool = F
     if profile_dir:
         ProfiledShim.profile_dir = profile_dir
     env = {**base_env, **extra, "NODE_DEBUG_NATIVE": "COMPILE_CACHE"}
-    shim = shim_class(node, memory_mb, env, repo_dir)
+    shim = shim_class(node, memory_mb, env, repo_dir, script)
     t0 = time.perf_counter()
     shim.start()
     try:

@@ -37,6 +37,7 @@ import queue
 import random
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -89,7 +90,8 @@ class ShimFactory:
         self.info: dict[str, Any] = {}  # the last shim's ``ready``: node and runtime versions
         self.forms: PreparedForms | None = None
         if prepare:
-            self.forms = PreparedForms(repo, node, memory_mb, self._build_cache)
+            self.forms = PreparedForms(repo, node, memory_mb, self._build_cache,
+                                       self._check_shim)
 
     def form(self, adaptor: Adaptor) -> Adaptor:
         """The adaptor as this factory's shims load it (prepared, or plain)."""
@@ -97,10 +99,11 @@ class ShimFactory:
 
     def boot(self, memory_mb: int, adaptors: list[str]) -> WarmShim:
         """A started, ready shim with ``adaptors`` imported; ShimBootError if it cannot start."""
-        env = self.env
+        env, script = self.env, None
         if self.forms is not None:
-            env = {**env, **self.forms.shim_env(memory_mb)}
-        shim = Shim(self.node, memory_mb, env, self.repo_dir)
+            script = self.forms.script()
+            env = {**env, **self.forms.shim_env(memory_mb, script)}
+        shim = Shim(self.node, memory_mb, env, self.repo_dir, script)
         try:
             shim.start()
             info = shim.wait_ready(self.boot_timeout)
@@ -135,16 +138,44 @@ class ShimFactory:
 
 
     def _build_cache(self, memory_mb: int, extra_env: dict[str, str],
-                     adaptors: list[Adaptor]) -> None:
+                     adaptors: list[Adaptor], script: str) -> None:
         """Boot a shim exactly as :meth:`boot` does plus ``extra_env``, import ``adaptors``,
         and let it exit normally: Node writes its compile cache then."""
-        shim = Shim(self.node, memory_mb, {**self.env, **extra_env}, self.repo_dir)
+        shim = Shim(self.node, memory_mb, {**self.env, **extra_env}, self.repo_dir, script)
         try:
             shim.start()
             shim.wait_ready(self.boot_timeout)
             reply = shim.warm([adaptor_dict(a) for a in adaptors], self.boot_timeout)
             for error in reply.get("errors") or []:
                 raise ShimBootError(f"{error.get('specifier')}: {error.get('message')}")
+        finally:
+            shim.close()
+
+
+    def _check_shim(self, script: str) -> None:
+        """Boot a shim from ``script`` and run a job on it; raises if it cannot serve runs."""
+        shim = Shim(self.node, self.forms.memory_mb if self.forms else 256, self.env,
+                    self.repo_dir, script)
+        try:
+            shim.start()
+            shim.wait_ready(self.boot_timeout)
+            shim.start_run({
+                "run_id": "shim-check", "input": {"data": {"n": 1}},
+                "plan": {"id": "shim-check", "options": {}, "workflow": {"steps": [
+                    {"id": "a", "expression": "export default [s => ({ data: { n: s.data.n + 1 }"
+                                              " })];", "configuration": {}}]}},
+                "adaptors": {}, "options": {"payload_limit_mb": 10, "log_payload_limit_mb": 1},
+            })
+            deadline = time.monotonic() + self.boot_timeout
+            while time.monotonic() < deadline:
+                event = shim.next_event(max(0.0, deadline - time.monotonic()))
+                if event is not None and event["type"] == "run-complete":
+                    if event.get("reason") != "success" or '"n":2' not in str(
+                            event.get("final_state")):
+                        raise ShimBootError(f"its test job ended {event.get('reason')}: "
+                                            f"{event.get('error_message')}")
+                    return
+            raise ShimBootError("its test job did not finish")
         finally:
             shim.close()
 

@@ -17,26 +17,41 @@ from collections.abc import Callable
 from typing import Any
 
 from pool.adaptors import Adaptor, AdaptorRepo
-from pool.executor.shim import node_flags
-from pool.prepare import COMPILE_CACHE_MIN_NODE, PREPARED, CompileCache, PreparedRepo, Preparer
+from pool.executor.shim import SHIM_SCRIPT, node_flags
+from pool.prepare import (
+    COMPILE_CACHE_MIN_NODE,
+    PREPARED,
+    CompileCache,
+    PreparedRepo,
+    PreparedShim,
+    Preparer,
+)
 
 
 class PreparedForms:
     """One executor's view of the repo's prepared adaptors and compile caches."""
 
     def __init__(self, repo: AdaptorRepo, node: str, memory_mb: int,
-                 build_shim: Callable[[int, dict[str, str], list[Adaptor]], None]) -> None:
-        """``build_shim(memory_mb, extra_env, adaptors)`` boots a shim as the factory does, with
-        ``extra_env`` added, warms ``adaptors`` and lets it exit (it writes the cache)."""
+                 build_shim: Callable[[int, dict[str, str], list[Adaptor], str], None],
+                 check_shim: Callable[[str], None]) -> None:
+        """``build_shim(memory_mb, extra_env, adaptors, script)`` boots a shim as the factory
+        does, with ``extra_env`` added, warms ``adaptors`` and lets it exit (it writes the
+        cache); ``check_shim(script)`` boots one from a bundled shim and runs a job on it."""
         self.repo = repo
         self.node = node
         self.memory_mb = memory_mb
         self.prepared = PreparedRepo(repo)
-        self._caches: dict[int, CompileCache] = {}
+        self.shim = PreparedShim(repo)
+        self._caches: dict[tuple[int, str], CompileCache] = {}
         self._build_shim = build_shim
         self.node_major = 0  # learnt from the first shim's ``ready``
         self._attempted: set[tuple[str, ...]] = set()  # a failed build is not retried per boot
-        self.preparer = Preparer(self.prepared, node, self._build_cache)
+        self.preparer = Preparer(self.prepared, node, self._build_cache, self.shim, check_shim)
+        self.preparer.want_shim()
+
+    def script(self) -> str:
+        """The shim script to boot: the pool's bundle of shim.mjs once it is made and checked."""
+        return self.shim.script() or SHIM_SCRIPT
 
     def form(self, adaptor: Adaptor) -> Adaptor:
         """The adaptor as shims load it now; never tried → plain, and queued for preparing."""
@@ -58,16 +73,18 @@ class PreparedForms:
             if self._cache_works():
                 self.preparer.want_cache()
 
-    def cache(self, memory_mb: int) -> CompileCache:
-        if memory_mb not in self._caches:
-            self._caches[memory_mb] = CompileCache(self.repo, self.node, node_flags(memory_mb))
-        return self._caches[memory_mb]
+    def cache(self, memory_mb: int, script: str) -> CompileCache:
+        if (memory_mb, script) not in self._caches:
+            self._caches[memory_mb, script] = CompileCache(self.repo, self.node,
+                                                           node_flags(memory_mb), script)
+        return self._caches[memory_mb, script]
 
-    def shim_env(self, memory_mb: int) -> dict[str, str]:
-        """What a shim of ``memory_mb`` adds to its environment: the compile cache, if hit."""
+    def shim_env(self, memory_mb: int, script: str) -> dict[str, str]:
+        """What a shim of ``memory_mb`` running ``script`` adds to its environment: the compile
+        cache, if it will be hit."""
         if not self._cache_works() or memory_mb != self.memory_mb:
             return {}
-        cache = self.cache(memory_mb)
+        cache = self.cache(memory_mb, script)
         if cache.covers(self.prepared.prepared()):
             return cache.env()
         self.preparer.want_cache()
@@ -80,9 +97,11 @@ class PreparedForms:
         """The preparer's second job: a compile cache for the executor's usual shim."""
         if not self._cache_works() or not adaptors:
             return
-        cache = self.cache(self.memory_mb)
-        attempt = tuple(a.path for a in adaptors)
+        script = self.script()
+        cache = self.cache(self.memory_mb, script)
+        attempt = (script, *(a.path for a in adaptors))
         if cache.covers(adaptors) or attempt in self._attempted:
             return
         self._attempted.add(attempt)
-        cache.build(lambda extra: self._build_shim(self.memory_mb, extra, adaptors), adaptors)
+        cache.build(lambda extra: self._build_shim(self.memory_mb, extra, adaptors, script),
+                    adaptors)

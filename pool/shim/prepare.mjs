@@ -5,6 +5,7 @@
 // {package: <the adaptor's package folder>, out: <an empty folder to write into>}. It writes
 // `<out>/adaptor.mjs` and prints one JSON line: {ok: true, exports: {name: typeof}} or
 // {ok: false, reason}. Exit code 0 either way; anything else is a crash of this script.
+// With {shim: <pool/shim/shim.mjs>, out} it bundles the shim itself into `<out>/shim.mjs`.
 //
 // Why ESM and not CommonJS: the runtime's linker imports `<entry>?cache=<key>` to give each
 // `context` run a fresh adaptor module, and Node caches CommonJS by file name whatever the query
@@ -50,8 +51,40 @@ function differences(plain, bundled) {
   return out;
 }
 
+/**
+ * The shim itself as one file: shim.mjs with the runtime, the logger and the compiler inlined
+ * (their hundreds of files are most of a shim's boot). `require` and `__poolctlShimDir` point
+ * back at pool/shim, where the runtime's ESM hook file and package.json stay.
+ */
+async function bundleShim(request) {
+  const esbuild = await import('esbuild');
+  const outfile = path.join(request.out, 'shim.mjs');
+  const banner = [
+    "import { createRequire as __poolctlCreateRequire } from 'node:module';",
+    `const require = __poolctlCreateRequire(${JSON.stringify(request.shim)});`,
+    `const __poolctlShimDir = ${JSON.stringify(path.dirname(request.shim))};`,
+  ].join('\n');
+  try {
+    await esbuild.build({
+      entryPoints: [request.shim],
+      outfile,
+      bundle: true,
+      format: 'esm',
+      platform: 'node',
+      target: `node${process.versions.node.split('.')[0]}`,
+      banner: { js: banner },
+      logLevel: 'silent',
+      legalComments: 'none',
+    });
+  } catch (e) {
+    return reply({ ok: false, reason: `esbuild failed: ${e.errors?.[0]?.text ?? e.message}` });
+  }
+  return reply({ ok: true, esbuild: esbuild.version, bytes: fs.statSync(outfile).size });
+}
+
 async function main() {
   const request = JSON.parse(process.argv[2] || '{}');
+  if (request.shim) return bundleShim(request);
   const { getModuleEntryPoint } = await import('@openfn/runtime');
   const esbuild = await import('esbuild');
   const entry = await getModuleEntryPoint('adaptor', request.package);

@@ -7,7 +7,8 @@
 // is one line on stderr and exit code 3, which the executor reports as a boot failure.
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { register } from 'node:module';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import vm from 'node:vm';
 
 // CPU spent so far (Node's bootstrap and loading this file), then per boot step: the `ready`
@@ -69,9 +70,15 @@ const { createRunner } = await import('./run.mjs');
 const { messageOf } = await import('./outcome.mjs');
 bootCpu.shim = cpuMs(mark);
 
+// Where @openfn/runtime's files are. In the pool's one-file bundle of this shim (prepare.mjs)
+// `import.meta` is the bundle's, so the bundle says where pool/shim is.
+/* global __poolctlShimDir */
+const runtimeEntry = typeof __poolctlShimDir === 'string'
+  ? path.join(__poolctlShimDir, 'node_modules', '@openfn', 'runtime', 'dist', 'index.js')
+  : fileURLToPath(import.meta.resolve('@openfn/runtime'));
+
 function runtimeVersion() {
-  const entry = fileURLToPath(import.meta.resolve('@openfn/runtime'));
-  const pkg = JSON.parse(fs.readFileSync(path.join(path.dirname(entry), '..', 'package.json'), 'utf8'));
+  const pkg = JSON.parse(fs.readFileSync(path.join(path.dirname(runtimeEntry), '..', 'package.json'), 'utf8'));
   return pkg.version;
 }
 
@@ -79,11 +86,14 @@ function runtimeVersion() {
 // `lodash/set`) runs module.register's loader thread: ~50-80 ms CPU. A prepared adaptor is one
 // file with nothing left to resolve, so the hook is registered (once) only before the first
 // import of a plain adaptor; a shim that loads only prepared ones never pays for it.
+// (The hook file is the one runtime.registerEsmHook() registers, found from runtimeEntry so
+// that the bundled shim finds it too.)
 let hookRegistered = false;
 function needEsmHook() {
   if (hookRegistered) return;
   hookRegistered = true;
-  runtime.registerEsmHook();
+  const hook = path.join(path.dirname(runtimeEntry), 'modules', 'esm-resolve-hook.js');
+  register(pathToFileURL(hook).href);
 }
 
 const versions = {
