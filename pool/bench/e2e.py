@@ -55,10 +55,14 @@ def cells(budget_s: float, spaced_budget_s: float) -> list[Cell]:
 
 def select(plan: list[Cell], spec: str) -> list[Cell]:
     """The cells named in ``spec`` (``context@2,noop@2:mix``: isolation@size, the trivial
-    workload unless ``:workload`` is given; the 2-s-apart series is not selectable), to iterate
-    on a few cells in seconds rather than minutes."""
+    workload unless ``:workload`` is given; ``spaced``: the strict and cold series with runs
+    2 s apart), to iterate on a few cells in seconds rather than minutes."""
     wanted = []
+    spaced = []
     for name in filter(None, (part.strip() for part in spec.split(","))):
+        if name == "spaced":
+            spaced = [c for c in plan if c.gap_s]
+            continue
         head, _, workload = name.partition(":")
         iso, _, size = head.partition("@")
         if not size.isdigit() or workload not in ("", *WORKLOADS):
@@ -69,7 +73,7 @@ def select(plan: list[Cell], spec: str) -> list[Cell]:
     if missing:
         raise ValueError("--cells: no such cell: " + ", ".join(
             f"{iso}@{size}:{workload}" for iso, size, workload in sorted(missing)))
-    return chosen
+    return chosen + spaced
 
 
 def find(points: list[Measurement], iso: str, size: int, workload: str = "trivial",
@@ -214,8 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--node", default=os.environ.get("WORKER_NODE_BINARY") or "node",
                         help="Node binary of the pools' shims (make bench: Node 24 when fetched)")
     parser.add_argument("--cells", default="",
-                        help="measure only these cells, e.g. context@2,noop@2 or context@2:mix "
-                             "(default: all)")
+                        help="measure only these cells, e.g. context@2,noop@2 or context@2:mix, "
+                             "spaced for the 2-s-apart series (default: all)")
     args = parser.parse_args(argv)
     plan = cells(args.budget, args.spaced_budget)
     if args.cells:
