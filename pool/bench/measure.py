@@ -123,7 +123,7 @@ def measure(server: DevServer, cell: Cell, repo_dir: str, http_url: str,
             # the window begins and ends with the same live shims (every standby booted), so
             # the boots inside it are the runs' own
             steady = shims.settle(None)
-            start = shims.live
+            start = shims.begin()
             cpu0 = proctree.cpu(pool.pid)
             with proctree.MemorySampler(pool.pid, interval_s=0.5) as sampler:
                 try:

@@ -155,6 +155,13 @@ class ShimCounter:
             self.seen |= self.live
             self._stop.wait(self.interval_s)
 
+    def begin(self) -> frozenset[int]:
+        """Start a window now: forget what was seen before (a shim that ended while the pool
+        was settling is no boot of the window); the live shims it begins with."""
+        start = self.live
+        self.seen = set(start)
+        return start
+
     def settle(self, count: int | None, still_s: float = 0.5, timeout_s: float = 60.0) -> bool:
         """Wait until the live shims stay the same set for ``still_s`` (and number ``count``,
         when given): a steady state, every standby booted. False if it never came."""
