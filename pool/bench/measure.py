@@ -80,7 +80,8 @@ def feed(server: DevServer, cell: Cell, stream: Any, on_done: Callable[[], None]
 
 
 def reduce(cell: Cell, records: list[dict[str, Any]], cpu0: proctree.CpuSample,
-           cpu1: proctree.CpuSample, mem: proctree.MemorySample | None) -> Measurement:
+           cpu1: proctree.CpuSample, mem: proctree.MemorySample | None,
+           boots: float = float("nan")) -> Measurement:
     """Figures from the dev server's records (µs) and the tree's samples."""
     n = len(records)
     times = [r["times"] for r in records]
@@ -99,34 +100,53 @@ def reduce(cell: Cell, records: list[dict[str, Any]], cpu0: proctree.CpuSample,
         executors_cpu_ms=round((cpu1.rest_s - cpu0.rest_s) * 1000 / n, 3),
         supervisor_pss_mb=round(mem.supervisor_pss_mb, 1) if mem else 0.0,
         executors_pss_mb=round(mem.rest_pss_mb, 1) if mem else 0.0,
-        pool_rss_mb=round(mem.total_rss_mb, 1) if mem else 0.0)
+        pool_rss_mb=round(mem.total_rss_mb, 1) if mem else 0.0,
+        shim_boots_per_run=round(boots / n, 3))
 
 
 def measure(server: DevServer, cell: Cell, repo_dir: str, http_url: str,
             on_done: Callable[[], None] = lambda: None, extra: Sequence[str] = (),
             log_dir: str | None = None, own: Sequence[RunSpec] = (),
-            python_args: Sequence[str] = ()) -> Measurement:
+            python_args: Sequence[str] = (),
+            prepared: Callable[[], None] | None = None) -> Measurement:
     """Start a pool for ``cell``, warm it, measure it, stop it. ``own`` runs (cycled) replace
-    the cell's built-in workload."""
+    the cell's built-in workload. ``prepared`` (strict, context) waits until the pool's
+    background preparing is done, after a first warm-up; a second warm-up follows."""
     stream = itertools.cycle(own) if own else specs(cell.workload, http_url)
     with PoolProcess(server, cell.size, cell.isolation, repo_dir, extra, log_dir,
                      python_args) as pool:
-        warm = [enqueue(server, next(stream)) for _ in range(max(2 * cell.size, 4))]
-        for run_id in warm:
-            record = wait(server, run_id)
-            if record["state"] != "success":
-                raise BenchError(f"{cell.isolation}@{cell.size}: warm-up run ended "
-                                 f"{record['state']}: {record['error_message']} "
-                                 f"(log {pool.log_path})")
-        cpu0 = proctree.cpu(pool.pid)
-        with proctree.MemorySampler(pool.pid, interval_s=0.5) as sampler:
-            try:
-                ids = feed(server, cell, stream, on_done)
-            except BenchError as exc:
-                raise pool.failed(f"{cell.isolation}@{cell.size}: {exc}") from None
-            cpu1 = proctree.cpu(pool.pid)
+        warm_up(server, cell, stream, pool)
+        if prepared is not None:  # the pool prepares in the background: measure what it made
+            prepared()
+            warm_up(server, cell, stream, pool)
+        with proctree.ShimCounter(pool.pid) as shims:
+            # the window begins and ends with the same live shims (every standby booted), so
+            # the boots inside it are the runs' own
+            steady = shims.settle(None)
+            start = shims.begin()
+            cpu0 = proctree.cpu(pool.pid)
+            with proctree.MemorySampler(pool.pid, interval_s=0.5) as sampler:
+                try:
+                    ids = feed(server, cell, stream, on_done)
+                except BenchError as exc:
+                    raise pool.failed(f"{cell.isolation}@{cell.size}: {exc}") from None
+                steady = shims.settle(len(start)) and steady
+                cpu1 = proctree.cpu(pool.pid)
+            boots = len(shims.seen - start) if steady else float("nan")
         if sampler.peak() is None and sampler.denied:
             raise BenchError(f"{cell.isolation}@{cell.size}: the pool's memory could not be "
                              f"read ({sampler.denied})")
         records = [server.run(run_id) for run_id in ids]
-        return reduce(cell, records, cpu0, cpu1, sampler.peak())
+        return reduce(cell, records, cpu0, cpu1, sampler.peak(), boots)
+
+
+def warm_up(server: DevServer, cell: Cell, stream: Any, pool: PoolProcess) -> None:
+    """Two runs per executor (at least four), so adaptor loading and the JIT are not billed
+    to the first measured runs."""
+    warm = [enqueue(server, next(stream)) for _ in range(max(2 * cell.size, 4))]
+    for run_id in warm:
+        record = wait(server, run_id)
+        if record["state"] != "success":
+            raise BenchError(f"{cell.isolation}@{cell.size}: warm-up run ended "
+                             f"{record['state']}: {record['error_message']} "
+                             f"(log {pool.log_path})")

@@ -48,6 +48,13 @@ class Measurement:
     supervisor_pss_mb: float = 0.0
     executors_pss_mb: float = 0.0    # every executor and shim together
     pool_rss_mb: float = 0.0
+    shim_boots_per_run: float = 0.0  # shims started per run over a window that begins and
+                                     # ends with the same live shims (NaN: never steady)
+
+    @property
+    def tree_cpu_ms(self) -> float:
+        """CPU per run of the whole pool: supervisor, executors, shims (reaped ones too)."""
+        return self.supervisor_cpu_ms + self.executors_cpu_ms
 
     @property
     def pool_pss_mb(self) -> float:

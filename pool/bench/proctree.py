@@ -9,7 +9,9 @@ across recycling as long as each parent waits for its children, which the pool d
 from __future__ import annotations
 
 import contextlib
+import os
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -101,3 +103,95 @@ class MemorySampler:
             return None
         return max((s for _, s in self.samples),
                    key=lambda s: s.supervisor_pss_mb + s.rest_pss_mb)
+
+
+class ShimCounter:
+    """Counts the shims a pool starts: polls every ``interval_s`` for Node processes running
+    ``shim.mjs`` among the executors' children (a shim lives at least through a boot, far longer
+    than the interval), keeping every pid ever seen and the ones alive now.
+
+    Cheap on purpose, because it shares the benchmark's process (and GIL) with the dev server:
+    it reads the executors' ``/proc/<pid>/task/*/children`` files and the cmdline of children not
+    yet known as shims, and looks for new executors only every second."""
+
+    def __init__(self, pid: int, interval_s: float = 0.02) -> None:
+        self.pid = pid
+        self.interval_s = interval_s
+        self.seen: set[int] = set()
+        self.live: frozenset[int] = frozenset()
+        self._executors: list[int] = []
+        self._executors_at = 0.0
+        self._shim: dict[int, bool] = {}  # pids known to be shims
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="bench-shims")
+
+    def _children(self, pid: int) -> list[int]:
+        out: list[int] = []
+        try:
+            for task in os.listdir(f"/proc/{pid}/task"):
+                with contextlib.suppress(OSError), \
+                        open(f"/proc/{pid}/task/{task}/children", encoding="ascii") as fh:
+                    out += [int(p) for p in fh.read().split()]
+        except OSError:
+            pass
+        return out
+
+    def _is_shim(self, pid: int) -> bool:
+        """A ``yes`` is kept; a ``no`` is asked again (right after a spawn the child is still
+        a copy of its executor, until it execs Node)."""
+        if pid in self._shim:
+            return True
+        try:
+            with open(f"/proc/{pid}/cmdline", "rb") as fh:
+                args = fh.read().split(b"\0")
+        except OSError:
+            return False
+        if any(a.endswith(b"shim.mjs") for a in args):
+            self._shim[pid] = True
+            return True
+        return False
+
+    def _shims(self) -> frozenset[int]:
+        if time.monotonic() - self._executors_at > 1.0:
+            self._executors = self._children(self.pid)
+            self._executors_at = time.monotonic()
+        return frozenset(p for e in self._executors for p in self._children(e)
+                         if self._is_shim(p))
+
+    def _loop(self) -> None:
+        while not self._stop.is_set():
+            self.live = self._shims()
+            self.seen |= self.live
+            self._stop.wait(self.interval_s)
+
+    def begin(self) -> frozenset[int]:
+        """Start a window now: forget what was seen before (a shim that ended while the pool
+        was settling is no boot of the window); the live shims it begins with."""
+        start = self.live
+        self.seen = set(start)
+        return start
+
+    def settle(self, count: int | None, still_s: float = 0.5, timeout_s: float = 60.0) -> bool:
+        """Wait until the live shims stay the same set for ``still_s`` (and number ``count``,
+        when given): a steady state, every standby booted. False if it never came."""
+        deadline = time.monotonic() + timeout_s
+        since, last = time.monotonic(), self.live
+        while time.monotonic() < deadline:
+            time.sleep(self.interval_s)
+            now = self.live
+            if now != last or (count is not None and len(now) != count):
+                since, last = time.monotonic(), now
+            elif time.monotonic() - since >= still_s:
+                return True
+        return False
+
+    def __enter__(self) -> ShimCounter:
+        self.live = self._shims()
+        self.seen |= self.live
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+

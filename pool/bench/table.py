@@ -7,13 +7,15 @@ from collections.abc import Sequence
 from pool.bench.measurement import Measurement
 
 HEADER = ("cell", "runs", "fail", "runs/s", "p50 ms", "p95 ms", "p99 ms", "wait p50",
-          "sup CPU ms/run", "exec CPU ms/run", "PSS MB", "RSS MB")
+          "sup CPU ms/run", "exec CPU ms/run", "tree CPU ms/run", "boots/run", "PSS MB",
+          "RSS MB")
 
 
 def row(m: Measurement) -> list[str]:
     return [m.label, str(m.runs), str(m.failures), f"{m.runs_per_s:.1f}", f"{m.p50_ms:.0f}",
             f"{m.p95_ms:.0f}", f"{m.p99_ms:.0f}", f"{m.wait_p50_ms:.0f}",
-            f"{m.supervisor_cpu_ms:.1f}", f"{m.executors_cpu_ms:.1f}", f"{m.pool_pss_mb:.0f}",
+            f"{m.supervisor_cpu_ms:.1f}", f"{m.executors_cpu_ms:.1f}", f"{m.tree_cpu_ms:.0f}",
+            f"{m.shim_boots_per_run:.2f}", f"{m.pool_pss_mb:.0f}",
             f"{m.pool_rss_mb:.0f}"]
 
 

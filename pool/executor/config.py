@@ -18,6 +18,7 @@ The ``init`` fields (extend, don't rename)::
     prewarm         adaptor specifiers every shim imports before its first run
     adaptors        {offline, install_timeout, latest_ttl, allowlist}: the adaptor repo's settings
     boot_timeout    seconds a shim may take to report ready (and warm)
+    prepare         strict/context: use and make prepared adaptors and the compile cache
 """
 
 from __future__ import annotations
@@ -91,6 +92,7 @@ class ExecutorConfig:
     latest_ttl: float = 3600.0
     boot_timeout: float = 60.0
     allowlist: tuple[str, ...] = ()  # adaptors runs may use (empty: any @openfn/*)
+    prepare: bool = True
 
     @staticmethod
     def from_message(message: dict[str, Any]) -> ExecutorConfig:
@@ -124,6 +126,7 @@ class ExecutorConfig:
                 latest_ttl=float(adaptors.get("latest_ttl", 3600.0)),
                 boot_timeout=float(message.get("boot_timeout", 60.0)),
                 allowlist=tuple(_strings(adaptors.get("allowlist"), "adaptors.allowlist")),
+                prepare=bool(message.get("prepare", True)),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ConfigError):
@@ -160,6 +163,7 @@ def init_message(settings: Any, **overrides: Any) -> dict[str, Any]:
                      "latest_ttl": settings.latest_ttl,
                      "allowlist": list(getattr(settings, "adaptor_allowlist", []))},
         "boot_timeout": getattr(settings, "boot_timeout", 60.0),
+        "prepare": getattr(settings, "prepare_adaptors", True),
     }
     message.update(overrides)
     return message

@@ -12,8 +12,10 @@ adaptor ``cache_key`` (a fresh adaptor entry module), and the shim's per-run res
 console). For trusted workloads; the fastest. Documented leaks from one run to the next in the
 same shim (see openfn-engine.md §7.4 and §8.1):
 
-- module state of an adaptor's *dependencies* (e.g. ``_.mixin`` on language-common's lodash),
-  which the cache key does not renew;
+- module state of a plain adaptor's *dependencies* (e.g. ``_.mixin`` on language-common's
+  lodash), which the cache key does not renew (a prepared adaptor is one file, its dependencies
+  inlined, so the cache key renews them too; only what it reaches through ``require``, mostly
+  Node built-ins, stays shared);
 - changes adaptor or job code makes to the host realm: ``process.env``, host globals reached
   through ``process``/constructors, patched built-in modules;
 - sockets and keep-alive agents opened by adaptors;
@@ -35,13 +37,16 @@ import queue
 import random
 import sys
 import threading
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
 from pool.adaptors import Adaptor, AdaptorError, AdaptorRepo
+from pool.executor.prepared import PreparedForms
 from pool.executor.shim import Shim, ShimBootError
 from pool.executor.shim_watch import is_alive
+from pool.prepare import is_prepared
 
 # why a shim was replaced: the ``recycled`` message's ``cause``
 RUNS, RSS, CRASH, TIMEOUT, OOM, CANCEL = "runs", "rss", "crash", "timeout", "oom", "cancel"
@@ -68,10 +73,15 @@ class WarmShim:
 
 
 class ShimFactory:
-    """Starts shims the same way for every mode: minimal env, repo as cwd, limits as flags."""
+    """Starts shims the same way for every mode: minimal env, repo as cwd, limits as flags.
+
+    With ``prepare`` (strict and context, ``--prepare-adaptors``), shims load each adaptor's
+    prepared form once the pool has made it, and boot with Node's compile cache when one built
+    for them exists (``pool.executor.prepared``)."""
 
     def __init__(self, node: str, repo_dir: str, env: dict[str, str], repo: AdaptorRepo,
-                 boot_timeout: float, prewarm: tuple[str, ...]) -> None:
+                 boot_timeout: float, prewarm: tuple[str, ...], prepare: bool = False,
+                 memory_mb: int = 0) -> None:
         self.node = node
         self.repo_dir = repo_dir
         self.env = env
@@ -79,14 +89,28 @@ class ShimFactory:
         self.boot_timeout = boot_timeout
         self.prewarm = list(prewarm)
         self.info: dict[str, Any] = {}  # the last shim's ``ready``: node and runtime versions
+        self.forms: PreparedForms | None = None
+        if prepare:
+            self.forms = PreparedForms(repo, node, memory_mb, self._build_cache,
+                                       self._check_shim)
+
+    def form(self, adaptor: Adaptor) -> Adaptor:
+        """The adaptor as this factory's shims load it (prepared, or plain)."""
+        return self.forms.form(adaptor) if self.forms is not None else adaptor
 
     def boot(self, memory_mb: int, adaptors: list[str]) -> WarmShim:
         """A started, ready shim with ``adaptors`` imported; ShimBootError if it cannot start."""
-        shim = Shim(self.node, memory_mb, self.env, self.repo_dir)
+        env, script = self.env, None
+        if self.forms is not None:
+            script = self.forms.script()
+            env = {**env, **self.forms.shim_env(memory_mb, script)}
+        shim = Shim(self.node, memory_mb, env, self.repo_dir, script)
         try:
             shim.start()
             info = shim.wait_ready(self.boot_timeout)
             self.info = info
+            if self.forms is not None:
+                self.forms.learn(info)
             warm = WarmShim(shim, memory_mb, info)
             if adaptors:
                 warm.warm_adaptors = self._warm(shim, adaptors)
@@ -97,14 +121,14 @@ class ShimFactory:
         return warm
 
     def _warm(self, shim: Shim, specifiers: list[str]) -> list[str]:
-        found: list[dict[str, str]] = []
+        found: list[dict[str, Any]] = []
         for spec in dict.fromkeys(specifiers):
             try:
                 adaptor = self.repo.resolve(spec)
             except AdaptorError as exc:  # a bad prewarm entry costs speed, never a boot
                 print(f"executor: cannot pre-warm {spec}: {exc}", file=sys.stderr, flush=True)
                 continue
-            found.append(adaptor_dict(adaptor))
+            found.append(adaptor_dict(self.form(adaptor)))
         if not found:
             return []
         reply = shim.warm(found, self.boot_timeout)
@@ -114,9 +138,52 @@ class ShimFactory:
         return list(reply.get("adaptors") or [])
 
 
-def adaptor_dict(adaptor: Adaptor) -> dict[str, str]:
+    def _build_cache(self, memory_mb: int, extra_env: dict[str, str],
+                     adaptors: list[Adaptor], script: str) -> None:
+        """Boot a shim exactly as :meth:`boot` does plus ``extra_env``, import ``adaptors``,
+        and let it exit normally: Node writes its compile cache then."""
+        shim = Shim(self.node, memory_mb, {**self.env, **extra_env}, self.repo_dir, script)
+        try:
+            shim.start()
+            shim.wait_ready(self.boot_timeout)
+            reply = shim.warm([adaptor_dict(a) for a in adaptors], self.boot_timeout)
+            for error in reply.get("errors") or []:
+                raise ShimBootError(f"{error.get('specifier')}: {error.get('message')}")
+        finally:
+            shim.close()
+
+
+    def _check_shim(self, script: str) -> None:
+        """Boot a shim from ``script`` and run a job on it; raises if it cannot serve runs."""
+        shim = Shim(self.node, self.forms.memory_mb if self.forms else 256, self.env,
+                    self.repo_dir, script)
+        try:
+            shim.start()
+            shim.wait_ready(self.boot_timeout)
+            shim.start_run({
+                "run_id": "shim-check", "input": {"data": {"n": 1}},
+                "plan": {"id": "shim-check", "options": {}, "workflow": {"steps": [
+                    {"id": "a", "expression": "export default [s => ({ data: { n: s.data.n + 1 }"
+                                              " })];", "configuration": {}}]}},
+                "adaptors": {}, "options": {"payload_limit_mb": 10, "log_payload_limit_mb": 1},
+            })
+            deadline = time.monotonic() + self.boot_timeout
+            while time.monotonic() < deadline:
+                event = shim.next_event(max(0.0, deadline - time.monotonic()))
+                if event is not None and event["type"] == "run-complete":
+                    if event.get("reason") != "success" or '"n":2' not in str(
+                            event.get("final_state")):
+                        raise ShimBootError(f"its test job ended {event.get('reason')}: "
+                                            f"{event.get('error_message')}")
+                    return
+            raise ShimBootError("its test job did not finish")
+        finally:
+            shim.close()
+
+
+def adaptor_dict(adaptor: Adaptor) -> dict[str, Any]:
     return {"specifier": adaptor.specifier, "name": adaptor.name, "version": adaptor.version,
-            "path": adaptor.path}
+            "path": adaptor.path, "prepared": is_prepared(adaptor)}
 
 
 class Standby:
@@ -211,7 +278,7 @@ class Mode:
     def replace_idle(self) -> None:
         """The idle shim died: start its replacement (``is_ready`` says when it is warm)."""
 
-    def cache_key(self, run_id: str) -> str:
+    def cache_key(self, run_id: str) -> str | None:
         return run_id
 
     def finish(self, shim: WarmShim, dedicated: bool, cause: str | None) -> str | None:
@@ -259,6 +326,11 @@ class Strict(Mode):
         if self.standby.peek() is not None:
             self.standby.take(0).discard()
         self.standby.request(self.memory_mb, self.recent)
+
+    def cache_key(self, run_id: str) -> str | None:
+        """None: the run imports each adaptor under the URL its standby already imported while
+        warming, so the adaptor is not evaluated a second time (the shim is fresh anyway)."""
+        return None
 
     def take(self, memory_mb: int, adaptors: list[str]) -> tuple[WarmShim, bool]:
         if memory_mb > self.memory_mb:

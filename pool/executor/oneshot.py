@@ -28,7 +28,8 @@ def execute_once(plan: dict[str, Any], input_state: Any, settings: Any,
     dies mid-run, the result is ``crash`` with the reason, as the supervisor would report it.
     """
     run_id = run_id or str(uuid.uuid4())
-    init = init_message(settings, prewarm=[])  # one run: pre-warming only delays it
+    # one run: pre-warming only delays it, and preparing would outlive the executor
+    init = init_message(settings, prewarm=[], prepare=False)
     handle = ExecutorHandle.spawn(init)
     try:
         handle.wait_ready(getattr(settings, "boot_timeout", None) or BOOT_TIMEOUT)

@@ -29,6 +29,7 @@ from pool.executor.shim_watch import ShimWatch, is_alive
 
 MB = 1024 * 1024
 DEFAULT_STATE_PROPS_TO_REMOVE = ("configuration", "response")  # ws-worker's default
+PREPARED_MODES = ("strict", "context")  # cold stays the plain baseline
 
 
 class BootFailure(Exception):
@@ -46,6 +47,7 @@ class Executor:
         self.config = config
         self.mode: Any = None
         self.repo: Any = None
+        self.factory: Any = None
         self.home = ""
         self.ready_pending = True
         self.recycled: list[dict[str, Any]] = []
@@ -85,10 +87,13 @@ class Executor:
                                     latest_ttl=cfg.latest_ttl, allowlist=cfg.allowlist)
         except AdaptorError as exc:
             raise BootFailure(str(exc)) from None
+        memory = cfg.limits.memory_mb
         factory = ShimFactory(node, cfg.repo_dir, shim_env(os.environ, cfg.env_allowlist,
                                                            self.home),
-                              self.repo, cfg.boot_timeout, cfg.prewarm)
-        memory = cfg.limits.memory_mb
+                              self.repo, cfg.boot_timeout, cfg.prewarm,
+                              prepare=cfg.prepare and cfg.isolation in PREPARED_MODES,
+                              memory_mb=memory)
+        self.factory = factory
         if cfg.isolation == "strict":
             self.mode = Strict(factory, memory, self.inbox.wake)
         elif cfg.isolation == "context":
@@ -258,7 +263,7 @@ class Executor:
         adaptors = {}
         for spec in specs:
             try:
-                adaptors[spec] = adaptor_dict(self.repo.resolve(spec))
+                adaptors[spec] = adaptor_dict(self.factory.form(self.repo.resolve(spec)))
             except AdaptorError as exc:
                 text = _one_line(exc)
                 if not text.startswith("Error "):

@@ -4,7 +4,7 @@ Public API (the executor process uses this; the protocol is pool/shim/PROTOCOL.m
 
     class ShimBootError(Exception)   # one-line reason: no node, broken shim, boot timeout
     class ShimExited(Exception)      # .returncode, .stderr_tail, .oom (heap out of memory)
-    class Shim(node, memory_mb, env, repo_dir)
+    class Shim(node, memory_mb, env, repo_dir, script=None)
         .start()                         # spawn; returns at once
         .wait_ready(timeout) -> dict     # the shim's `ready` message, else ShimBootError
         .pid: int
@@ -67,6 +67,11 @@ class ShimExited(Exception):
         super().__init__(f"shim exited with code {returncode}: {last}")
 
 
+def node_flags(memory_mb: int) -> list[str]:
+    """The Node flags a shim starts with (Node's compile cache is keyed by them)."""
+    return ["--experimental-vm-modules", "--no-warnings", f"--max-old-space-size={memory_mb}"]
+
+
 def now_us() -> int:
     return time.time_ns() // 1000
 
@@ -74,11 +79,13 @@ def now_us() -> int:
 class Shim:
     """One Node shim process, driven synchronously from one thread."""
 
-    def __init__(self, node: str, memory_mb: int, env: dict[str, str], repo_dir: str) -> None:
+    def __init__(self, node: str, memory_mb: int, env: dict[str, str], repo_dir: str,
+                 script: str | None = None) -> None:
         self.node = node
         self.memory_mb = memory_mb
         self.env = dict(env)
         self.repo_dir = repo_dir
+        self.script = script or SHIM_SCRIPT  # or the pool's one-file bundle of it (prepare.py)
         self.pid: int = 0
         self.returncode: int | None = None
         self.stderr_tail: collections.deque[str] = collections.deque(maxlen=STDERR_TAIL)
@@ -92,8 +99,7 @@ class Shim:
     # ---- lifecycle -----------------------------------------------------------------------------
 
     def argv(self) -> list[str]:
-        return [self.node, "--experimental-vm-modules", "--no-warnings",
-                f"--max-old-space-size={self.memory_mb}", SHIM_SCRIPT, self.repo_dir]
+        return [self.node, *node_flags(self.memory_mb), self.script, self.repo_dir]
 
     def start(self) -> None:
         """Spawn the shim with fd 3 = our socketpair, stdin /dev/null, stdout/stderr piped."""

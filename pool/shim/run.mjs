@@ -15,7 +15,8 @@ const WHITELIST = [/^@openfn/];
 
 /**
  * Build the runner. `deps`: { run (the runtime's default export), getModuleEntryPoint,
- * createLogger, compile, send (protocol frame out), versions: {node, runtime, compiler} }.
+ * createLogger, needEsmHook (registers the runtime's ESM hook once), compile, send (protocol
+ * frame out), versions: {node, runtime, compiler} }.
  * Returns { execute(message): Promise<void>, crash(error): void, busy(): boolean, warm(list) }.
  */
 export function createRunner(deps) {
@@ -32,6 +33,7 @@ export function createRunner(deps) {
     if (exportCache.has(key)) return exportCache.get(key);
     const entry = await deps.getModuleEntryPoint(adaptor.name, adaptor.path);
     if (!entry) throw new Error(`no package.json in ${adaptor.path}`);
+    if (!adaptor.prepared) deps.needEsmHook?.();
     const ns = await import(entry.path);
     // the linker's CJS interop: a namespace with only a populated `default` exports its keys
     let target = ns;

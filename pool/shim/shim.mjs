@@ -7,8 +7,17 @@
 // is one line on stderr and exit code 3, which the executor reports as a boot failure.
 import fs from 'node:fs';
 import path from 'node:path';
-import { fileURLToPath } from 'node:url';
+import { register } from 'node:module';
+import { fileURLToPath, pathToFileURL } from 'node:url';
 import vm from 'node:vm';
+
+// CPU spent so far (Node's bootstrap and loading this file), then per boot step: the `ready`
+// message reports it, so a profile of a shim's start-up needs no profiler
+const bootCpu = { node: cpuMs() };
+function cpuMs(since = 0) {
+  const { user, system } = process.cpuUsage();
+  return (user + system) / 1000 - since;
+}
 
 const BOOT_FAILURE = 3;
 const PROTOCOL_FD = 3;
@@ -39,29 +48,53 @@ try {
 let runtime;
 let loggerModule;
 let compiler;
+let mark = cpuMs();
 try {
   runtime = await import('@openfn/runtime');
   loggerModule = await import('@openfn/logger');
 } catch (e) {
   bootFail(`cannot import @openfn/runtime: ${e.message} (run npm ci in pool/shim)`);
 }
+bootCpu.runtime = cpuMs(mark);
+mark = cpuMs();
 try {
   compiler = await import('./compiler.mjs');
 } catch (e) {
   bootFail(`cannot load the job compiler (compiler.mjs): ${e.message}`);
 }
+bootCpu.compiler = cpuMs(mark);
+mark = cpuMs();
 
 const { openChannel } = await import('./channel.mjs');
 const { createRunner } = await import('./run.mjs');
 const { messageOf } = await import('./outcome.mjs');
+bootCpu.shim = cpuMs(mark);
+
+// Where @openfn/runtime's files are. In the pool's one-file bundle of this shim (prepare.mjs)
+// `import.meta` is the bundle's, so the bundle says where pool/shim is.
+/* global __poolctlShimDir */
+const runtimeEntry = typeof __poolctlShimDir === 'string'
+  ? path.join(__poolctlShimDir, 'node_modules', '@openfn', 'runtime', 'dist', 'index.js')
+  : fileURLToPath(import.meta.resolve('@openfn/runtime'));
 
 function runtimeVersion() {
-  const entry = fileURLToPath(import.meta.resolve('@openfn/runtime'));
-  const pkg = JSON.parse(fs.readFileSync(path.join(path.dirname(entry), '..', 'package.json'), 'utf8'));
+  const pkg = JSON.parse(fs.readFileSync(path.join(path.dirname(runtimeEntry), '..', 'package.json'), 'utf8'));
   return pkg.version;
 }
 
-runtime.registerEsmHook();
+// The runtime's ESM hook (retry an extensionless import with `.js`, for adaptors importing
+// `lodash/set`) runs module.register's loader thread: ~50-80 ms CPU. A prepared adaptor is one
+// file with nothing left to resolve, so the hook is registered (once) only before the first
+// import of a plain adaptor; a shim that loads only prepared ones never pays for it.
+// (The hook file is the one runtime.registerEsmHook() registers, found from runtimeEntry so
+// that the bundled shim finds it too.)
+let hookRegistered = false;
+function needEsmHook() {
+  if (hookRegistered) return;
+  hookRegistered = true;
+  const hook = path.join(path.dirname(runtimeEntry), 'modules', 'esm-resolve-hook.js');
+  register(pathToFileURL(hook).href);
+}
 
 const versions = {
   node: process.versions.node,
@@ -76,6 +109,7 @@ const runner = createRunner({
   run: runtime.default,
   getModuleEntryPoint: runtime.getModuleEntryPoint,
   createLogger: loggerModule.default,
+  needEsmHook,
   compile: compiler.compile,
   send: (message) => channel.send(message),
   versions,
@@ -120,4 +154,6 @@ channel.send({
   node: versions.node,
   runtime: versions.runtime,
   compiler: versions.compiler,
+  boot_cpu_ms: Object.fromEntries(Object.entries({ ...bootCpu, total: cpuMs() })
+    .map(([k, v]) => [k, Math.round(v)])),
 });

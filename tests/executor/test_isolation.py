@@ -10,6 +10,7 @@ changes to the host realm (``process.env``, host globals).
 from __future__ import annotations
 
 import json
+from typing import Any
 
 import pytest
 
@@ -43,8 +44,8 @@ fn(async state => {
 """
 
 
-def observe(isolation: str) -> tuple[dict, list[str]]:
-    with executor(isolation) as handle:
+def observe(isolation: str, **init: Any) -> tuple[dict, list[str]]:
+    with executor(isolation, **init) as handle:
         hostile = run(handle, HOSTILE)
         assert hostile.complete["reason"] == "success", hostile.complete
         observer = run(handle, OBSERVER)
@@ -62,7 +63,9 @@ def test_nothing_of_a_hostile_run_reaches_the_next_run(isolation):
 
 
 def test_context_mode_leaks_only_what_it_documents():
-    seen, logs = observe("context")
+    # with plain adaptors (a prepared one is a single file, dependencies included, fresh per
+    # run: test_prepared.py)
+    seen, logs = observe("context", prepare=False)
     # kept apart: the job's own globals and its timers
     assert seen["global"] == "undefined"
     assert not any("interval from the hostile run" in line for line in logs)

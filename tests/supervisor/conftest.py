@@ -1,6 +1,7 @@
 """Run the real product for the supervisor's tests: ``poolctl start`` as a subprocess against a
 DevServer on loopback, with real executors, shims and adaptors (``--isolation context`` for
-speed where isolation is not what a test is about)."""
+speed where isolation is not what a test is about; ``POOLCTL_TEST_ISOLATION=strict`` runs the
+same tests in strict)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,8 @@ from tests.unprivileged import Unprivileged
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = os.environ.get("WORKER_REPO_DIR") or str(ROOT / ".repo")
+# context by default, for speed; POOLCTL_TEST_ISOLATION=strict runs the suite in strict
+ISOLATION = os.environ.get("POOLCTL_TEST_ISOLATION") or "context"
 COMMON = "@openfn/language-common@3.3.4"
 HELLO_BODY = 'fn(state => { console.log("hello", 42); return { ...state, data: { n: 1 } }; });'
 SLOW_BODY = 'fn(state => new Promise(resolve => setTimeout(() => resolve(state), 1500)));'
@@ -58,6 +61,14 @@ def wait_until(check: Callable[[], Any], what: str, deadline: float = DEADLINE) 
     raise AssertionError(f"timed out after {deadline}s waiting for {what}")
 
 
+def is_shim(proc: psutil.Process) -> bool:
+    """A shim (not the pool's ``node prepare.mjs``, which an executor also starts)."""
+    try:
+        return any(arg.endswith("shim.mjs") for arg in proc.cmdline())
+    except psutil.Error:
+        return False
+
+
 class Pool:
     """``poolctl start`` running against ``lightning``; its output goes to a file."""
 
@@ -83,7 +94,8 @@ class Pool:
             full_env = user.env(full_env)
             os.chown(self._own_state_dir, user.uid, user.uid)
         self.proc = subprocess.Popen(
-            [user.python if user else sys.executable, str(ROOT / "bin" / "poolctl"), "start", "--isolation", "context",
+            [user.python if user else sys.executable, str(ROOT / "bin" / "poolctl"), "start",
+             "--isolation", ISOLATION,
              "--backoff", "0.05/0.5", "--offline", "--port", str(self.port),
              "--http-host", "127.0.0.1", *args],
             env=full_env, stdout=fd, stderr=subprocess.STDOUT, cwd=ROOT,
@@ -102,7 +114,7 @@ class Pool:
         return [c for c in children if "pool.executor" in " ".join(c.cmdline())]
 
     def shims(self) -> list[psutil.Process]:
-        return [s for e in self.executors() for s in e.children() if s.name() == "node"]
+        return [s for e in self.executors() for s in e.children() if is_shim(s)]
 
     def wait_size(self, size: int, exclude: set[int] = frozenset()) -> list[psutil.Process]:  # type: ignore[assignment]
         return wait_until(lambda: (len(e := [p for p in self.executors() if p.pid not in exclude])

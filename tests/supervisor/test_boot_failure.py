@@ -16,6 +16,7 @@ from pool.devserver.server import DevServer
 from tests.supervisor.conftest import (
     DEADLINE,
     HELLO_BODY,
+    is_shim,
     job,
     lifecycle,
     plan,
@@ -35,7 +36,7 @@ def _cpu_seconds(process: psutil.Process) -> float:
 def _idle_executor(executors: list[psutil.Process]) -> psutil.Process:
     """The executor whose shim is not running the busy job."""
     def shim_cpu() -> dict[int, float]:
-        return {e.pid: sum(_cpu_seconds(s) for s in e.children() if s.name() == "node")
+        return {e.pid: sum(_cpu_seconds(s) for s in e.children() if is_shim(s))
                 for e in executors}
 
     before = shim_cpu()
