@@ -119,8 +119,10 @@ def test_the_pool_runs_a_job_in_its_confinement(config, install: bool, lightning
               "--tmpfs", "/tmp"]
     for path in box.hidden:
         mounts += ["--tmpfs", path]
-    # the Python the pool runs on, were it installed under a home (a pyenv in /root here)
-    mounts += ["--ro-bind", sys.base_prefix, sys.base_prefix]
+    # the Python the pool runs on, were it installed under a home (a pyenv in /root here), and
+    # this checkout with its venv, as installed software (read-only), wherever it lies (a CI
+    # clone may be under /tmp)
+    mounts += ["--ro-bind", sys.base_prefix, sys.base_prefix, "--ro-bind", str(ROOT), str(ROOT)]
     for path in box.hidden:
         mounts += ["--remount-ro", path]
     mounts += ["--bind", str(tmp_path), str(tmp_path)]
