@@ -18,14 +18,17 @@ The ``init`` fields (extend, don't rename)::
     prewarm         adaptor specifiers every shim imports before its first run
     adaptors        {offline, install_timeout, latest_ttl}: the adaptor repo's settings
     boot_timeout    seconds a shim may take to report ready (and warm)
+    sandbox         {mode, uids, tmp_mb, pids, nofile, fsize_mb, hosts_file}: how shims are
+                    sandboxed (pool.executor.sandbox); mode is resolved, never ``auto``
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from pool.executor.sandbox import SandboxConfig, base_config, resolve_mode
 from pool.settings import default_of
 
 ISOLATION_MODES = ("strict", "context", "cold", "noop")
@@ -90,6 +93,7 @@ class ExecutorConfig:
     install_timeout: float = 120.0
     latest_ttl: float = 3600.0
     boot_timeout: float = 60.0
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
     @staticmethod
     def from_message(message: dict[str, Any]) -> ExecutorConfig:
@@ -122,6 +126,7 @@ class ExecutorConfig:
                 install_timeout=float(adaptors.get("install_timeout", 120.0)),
                 latest_ttl=float(adaptors.get("latest_ttl", 3600.0)),
                 boot_timeout=float(message.get("boot_timeout", 60.0)),
+                sandbox=SandboxConfig.from_message(message.get("sandbox")),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ConfigError):
@@ -135,6 +140,15 @@ def _strings(value: Any, name: str) -> list[str]:
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{name} must be a list of strings")
     return list(value)
+
+
+def sandbox_message(settings: Any, slot: int = 0) -> dict[str, Any]:
+    """The ``sandbox`` field for ``settings`` (``auto`` resolved, not probed: the supervisor and
+    ``poolctl execute`` probe it at start-up and put their checked choice in ``sandbox``)."""
+    if getattr(settings, "sandbox", None) is None:
+        return SandboxConfig().to_message()
+    config = base_config(settings, slot)
+    return replace(config, mode=resolve_mode(config.mode)).to_message()
 
 
 def init_message(settings: Any, **overrides: Any) -> dict[str, Any]:
@@ -157,6 +171,7 @@ def init_message(settings: Any, **overrides: Any) -> dict[str, Any]:
                      "install_timeout": settings.install_timeout,
                      "latest_ttl": settings.latest_ttl},
         "boot_timeout": getattr(settings, "boot_timeout", 60.0),
+        "sandbox": sandbox_message(settings),
     }
     message.update(overrides)
     return message

@@ -40,6 +40,8 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pool.adaptors import Adaptor, AdaptorError, AdaptorRepo
+from pool.executor.launcher import Launcher
+from pool.executor.sandbox import SandboxError
 from pool.executor.shim import Shim, ShimBootError
 
 # why a shim was replaced: the ``recycled`` message's ``cause``
@@ -70,8 +72,10 @@ class ShimFactory:
     """Starts shims the same way for every mode: minimal env, repo as cwd, limits as flags."""
 
     def __init__(self, node: str, repo_dir: str, env: dict[str, str], repo: AdaptorRepo,
-                 boot_timeout: float, prewarm: tuple[str, ...]) -> None:
+                 boot_timeout: float, prewarm: tuple[str, ...],
+                 launcher: Launcher | None = None) -> None:
         self.node = node
+        self.launcher = launcher
         self.repo_dir = repo_dir
         self.env = env
         self.repo = repo
@@ -81,7 +85,7 @@ class ShimFactory:
 
     def boot(self, memory_mb: int, adaptors: list[str]) -> WarmShim:
         """A started, ready shim with ``adaptors`` imported; ShimBootError if it cannot start."""
-        shim = Shim(self.node, memory_mb, self.env, self.repo_dir)
+        shim = Shim(self.node, memory_mb, self.env, self.repo_dir, self.launcher)
         try:
             shim.start()
             info = shim.wait_ready(self.boot_timeout)
@@ -299,6 +303,8 @@ class Context(Mode):
         if dedicated:
             shim.discard()
             return None
+        if cause is None:
+            cause = _kill_strays(shim)
         shim.runs += 1
         if cause is None and shim.runs >= self._budget:
             cause = RUNS
@@ -332,6 +338,20 @@ class Cold(Mode):
     def finish(self, shim: WarmShim, dedicated: bool, cause: str | None) -> str | None:
         shim.discard()
         return None
+
+
+def _kill_strays(shim: WarmShim) -> str | None:
+    """Nothing a run started outlives it: kill every process in the shim's sandbox but the shim;
+    if they keep coming back, the shim goes too (``crash``)."""
+    try:
+        killed = shim.shim.kill_strays()
+    except SandboxError as exc:
+        print(f"executor: shim {shim.pid}: {exc}; replacing it", file=sys.stderr, flush=True)
+        return CRASH
+    if killed:
+        print(f"executor: killed {killed} process(es) the last run left in shim {shim.pid}'s "
+              "sandbox", file=sys.stderr, flush=True)
+    return None
 
 
 def _rss(shim: WarmShim) -> int:

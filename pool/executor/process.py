@@ -44,6 +44,7 @@ class Executor:
         self.mode: Any = None
         self.repo: Any = None
         self.home = ""
+        self.launcher: Any = None
         self.ready_pending = True
         self.recycled: list[dict[str, Any]] = []
         self.stopping = False
@@ -64,6 +65,7 @@ class Executor:
         from pool.adaptors import AdaptorRepo
         from pool.executor.environment import refused_names, shim_env
         from pool.executor.isolation import Cold, Context, ShimFactory, Strict
+        from pool.executor.launcher import Launcher
         from pool.executor.shim import ShimBootError, ShimExited
 
         cfg = self.config
@@ -77,9 +79,10 @@ class Executor:
         self.home = tempfile.mkdtemp(prefix="poolctl-shim-home-")
         self.repo = AdaptorRepo(cfg.repo_dir, offline=cfg.offline,
                                 install_timeout=cfg.install_timeout, latest_ttl=cfg.latest_ttl)
+        self.launcher = Launcher(cfg.sandbox, self.home)
         factory = ShimFactory(node, cfg.repo_dir, shim_env(os.environ, cfg.env_allowlist,
                                                            self.home),
-                              self.repo, cfg.boot_timeout, cfg.prewarm)
+                              self.repo, cfg.boot_timeout, cfg.prewarm, self.launcher)
         memory = cfg.limits.memory_mb
         if cfg.isolation == "strict":
             self.mode = Strict(factory, memory, self.inbox.wake)
@@ -161,6 +164,7 @@ class Executor:
                 "shim_pid": idle.pid if idle is not None else None,
                 "node": info.get("node"), "runtime": info.get("runtime"),
                 "compiler": info.get("compiler"), "isolation": self.config.isolation,
+                "sandbox": self.config.sandbox.mode,
                 "warm_adaptors": list(idle.warm_adaptors) if idle is not None else []}
 
     # --- one run -----------------------------------------------------------------------------------------
@@ -258,6 +262,8 @@ class Executor:
     def close(self) -> None:
         if self.mode is not None:
             self.mode.close()
+        if self.launcher is not None:
+            self.launcher.close()
         if self.home:
             shutil.rmtree(self.home, ignore_errors=True)
 

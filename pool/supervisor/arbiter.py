@@ -43,6 +43,7 @@ from typing import Any
 from pool.eventloop import EventLoop
 from pool.executor.handle import BOOT_FAILED, ExecutorGone
 from pool.executor.protocol import EXIT_BOOT_FAILURE, READY, RECYCLED
+from pool.executor.sandbox import describe as describe_sandbox
 from pool.lightning.phoenix import PhoenixSocket, Push, Reply
 from pool.lightning.queue_channel import QueueChannel
 from pool.lightning.tokens import RunTokenError
@@ -243,7 +244,8 @@ class Arbiter:
             executors=views, claims_in_flight=self.admission.claims_in_flight,
             runs_by_reason=dict(self.runs_by_reason), queue_joined=self.queue_joined,
             draining=self.draining or self.paused, size=self.size, pid=os.getpid(), connected=self.connected,
-            active_runs=tuple(self.sessions), counters=dict(self.counters))
+            active_runs=tuple(self.sessions), counters=dict(self.counters),
+            sandbox=self.config.sandbox)
 
     # -- signals and commands -------------------------------------------------------------------
     def install_signals(self) -> None:
@@ -400,15 +402,35 @@ class Arbiter:
                     slot.handle.cancel(slot.run_id)
 
     # -- executors ---------------------------------------------------------------------------------
-    def spawn_executor(self) -> ExecutorSlot:
+    def spawn_executor(self) -> ExecutorSlot | None:
+        picked = self.slot_init()
+        if picked is None:
+            log.error("no executor started: --sandbox-uids %s has no two free uids left "
+                      "(two per executor)", self.config.sandbox_uids)
+            return None
+        init, uid_index = picked
         slot_id, self._next_slot_id = self._next_slot_id, self._next_slot_id + 1
-        slot = spawn_slot(slot_id, self.config.executor_init, self.config.boot_timeout,
-                          self.loop, self.post)
+        slot = spawn_slot(slot_id, init, self.config.boot_timeout, self.loop, self.post)
+        slot.uid_index = uid_index
         self.slots[slot_id] = slot
         self._stale = True
         log.info("executor %s spawned (pid %s)", slot_id, slot.pid,
                  extra={"executor_pid": slot.pid})
         return slot
+
+    def slot_init(self) -> tuple[dict[str, Any], int | None] | None:
+        """The ``init`` for a new executor: in the uid sandbox, with two uids no live executor
+        holds (the lowest free pair, so a respawn reuses its predecessor's, never a live one's)."""
+        init = self.config.executor_init
+        if self.config.sandbox_uids is None:
+            return init, None
+        held = {s.uid_index for s in self.slots.values() if s.state != DEAD}
+        index = next(i for i in range(len(self.slots) + 1) if i not in held)
+        uids = self.config.sandbox_uids
+        if 2 * index + 1 >= len(uids):
+            return None
+        pair = [uids[2 * index], uids[2 * index + 1]]
+        return dict(init, sandbox=dict(init["sandbox"], uids=pair)), index
 
     def manage_executors(self) -> None:
         """Keep ``size`` executors of the current generation alive, unless stopping: respawn
@@ -814,6 +836,9 @@ def start_command(settings: Any) -> int:
         log.warning("%s", warning)
     for line in settings.describe():
         log.info("setting %s", line)
+    if config.sandbox_warning:
+        log.warning("%s", config.sandbox_warning)
+    log.info("sandbox %s", describe_sandbox(config.sandbox))
     arbiter = Arbiter(config, reload=settings_reloader(settings))
     try:
         with serve_observers(arbiter, settings):

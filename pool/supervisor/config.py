@@ -14,6 +14,7 @@ from typing import Any
 from pool import __version__
 from pool.adaptors import TAGS, AdaptorError, AdaptorRepo
 from pool.executor.config import ISOLATION_MODES, init_message
+from pool.executor.sandbox import SandboxError, base_config, choose, parse_uid_range
 from pool.lightning.phoenix import build_socket_url
 from pool.lightning.plan import COLLECTIONS_ADAPTOR, Collections, RunDefaults
 from pool.lightning.tokens import (
@@ -68,6 +69,9 @@ class SupervisorConfig:
     batch_limit: int
     # bytes of one run's events kept while Lightning is slow or unreachable (logs dropped above)
     outbox_cap_bytes: int
+    sandbox: str = "none"  # the checked sandbox mode (pool.executor.sandbox)
+    sandbox_uids: range | None = None  # uid mode: the range slots take two uids each from
+    sandbox_warning: str | None = None
 
     @property
     def size(self) -> int:
@@ -117,6 +121,9 @@ def load_config(settings: Any) -> SupervisorConfig:
                            f"{settings.batch_interval}")
     collections = resolve_collections(settings)
     graceful = settings.graceful_timeout
+    sandbox, sandbox_uids, sandbox_warning = check_sandbox(settings, sum(
+        loop.capacity for loop in workloops))
+    executor_init = init_message(settings, sandbox=sandbox)
     return SupervisorConfig(
         socket_url=url,
         lightning_url=settings.lightning_url,
@@ -127,7 +134,7 @@ def load_config(settings: Any) -> SupervisorConfig:
         verifier=verifier,
         defaults=RunDefaults.from_settings(settings),
         collections=collections,
-        executor_init=init_message(settings),
+        executor_init=executor_init,
         message_timeout=float(settings.message_timeout),
         claim_timeout=float(settings.claim_timeout),
         boot_timeout=float(settings.boot_timeout),
@@ -136,7 +143,27 @@ def load_config(settings: Any) -> SupervisorConfig:
         batch_interval_s=settings.batch_interval / 1000.0,
         batch_limit=int(settings.batch_limit),
         outbox_cap_bytes=int(settings.outbox_cap_mb * 1024 * 1024),
+        sandbox=sandbox["mode"],
+        sandbox_uids=sandbox_uids,
+        sandbox_warning=sandbox_warning,
     )
+
+
+def check_sandbox(settings: Any, size: int) -> tuple[dict[str, Any], range | None, str | None]:
+    """The sandbox every shim will run in, tried once now: ``(init field, uid range, warning)``.
+    An explicit mode that cannot work, or ``strict`` with none available, is exit 2."""
+    try:
+        config, warning = choose(settings.sandbox, settings.isolation, settings.node,
+                                 settings.repo_dir, base_config(settings))
+    except SandboxError as exc:
+        raise StartupError(f"--sandbox {settings.sandbox}: {exc}") from None
+    uids = None
+    if config.mode == "uid":
+        uids = parse_uid_range(settings.sandbox_uids)
+        if len(uids) < 2 * size:
+            raise StartupError(f"--sandbox-uids {settings.sandbox_uids}: {len(uids)} uids are "
+                               f"too few for {size} executors (two each)")
+    return config.to_message(), uids, warning
 
 
 def resolve_collections(settings: Any) -> Collections | None:

@@ -35,7 +35,8 @@ def _cpu_seconds(process: psutil.Process) -> float:
 def _idle_executor(executors: list[psutil.Process]) -> psutil.Process:
     """The executor whose shim is not running the busy job."""
     def shim_cpu() -> dict[int, float]:
-        return {e.pid: sum(_cpu_seconds(s) for s in e.children() if s.name() == "node")
+        return {e.pid: sum(_cpu_seconds(s) for s in e.children(recursive=True)
+                       if s.name() == "node")
                 for e in executors}
 
     before = shim_cpu()
