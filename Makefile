@@ -72,10 +72,17 @@ test-security-nonroot: setup
 	    echo "test-security-nonroot: FAILED: $(SECURITY_USER) cannot read $(CURDIR)" \
 	      "(check out somewhere other users can read)" >&2; exit 1; \
 	  fi; \
+	  chmod a+r $(REPO)/package.json; \
+	  py=$(CURDIR)/$(BIN)/python; pypath=$(CURDIR); \
+	  if ! runuser -u $(SECURITY_USER) -- $$py -c '' 2>/dev/null; then \
+	    echo "test-security-nonroot: $(SECURITY_USER) cannot run $$py (its interpreter is" \
+	      "under a private folder): using /usr/bin/python3 with the venv's packages"; \
+	    py=/usr/bin/python3; pypath=$(CURDIR):$$(echo $(CURDIR)/$(VENV)/lib/python3*/site-packages); \
+	  fi; \
 	  cd /tmp && runuser -u $(SECURITY_USER) -- env HOME=/home/$(SECURITY_USER) \
-	    WORKER_REPO_DIR=$(REPO) POOLCTL_SECURITY_SANDBOXES=$${POOLCTL_SECURITY_SANDBOXES:-default} \
-	    $(CURDIR)/$(BIN)/python -m pytest -q -p no:cacheprovider --rootdir $(CURDIR) \
-	    $(CURDIR)/tests/security; \
+	    PYTHONPATH=$$pypath WORKER_REPO_DIR=$(REPO) \
+	    POOLCTL_SECURITY_SANDBOXES=$${POOLCTL_SECURITY_SANDBOXES:-default} \
+	    $$py -m pytest -q -p no:cacheprovider --rootdir $(CURDIR) $(CURDIR)/tests/security; \
 	fi
 
 # the shim tests on Node 24 (current LTS), installed from the npm registry into .node24/

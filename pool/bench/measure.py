@@ -39,6 +39,12 @@ class Cell:
     gap_s: float = 0.0
     runs: int = 200          # at most this many measured runs...
     budget_s: float = 30.0   # ...enqueued within this many seconds
+    sandbox: str = ""        # --sandbox for this cell; "" = the pool's default (auto)
+
+    @property
+    def label(self) -> str:
+        """The isolation as tables show it: ``strict[none]`` for strict without a sandbox."""
+        return f"{self.isolation}[{self.sandbox}]" if self.sandbox else self.isolation
 
 
 class BenchError(RuntimeError):
@@ -88,7 +94,7 @@ def reduce(cell: Cell, records: list[dict[str, Any]], cpu0: proctree.CpuSample,
     waits = [(t["claimed"] - t["enqueued"]) / 1000 for t in times]
     wall = (max(t["completed"] for t in times) - min(t["enqueued"] for t in times)) / 1e6
     return Measurement(
-        isolation=cell.isolation, size=cell.size, workload=cell.workload, gap_s=cell.gap_s,
+        isolation=cell.label, size=cell.size, workload=cell.workload, gap_s=cell.gap_s,
         runs=n, failures=sum(r["state"] != "success" for r in records), wall_s=round(wall, 3),
         runs_per_s=round(n / wall, 3) if wall > 0 else 0.0,
         p50_ms=round(percentile(service, 0.50), 2), p95_ms=round(percentile(service, 0.95), 2),
@@ -109,6 +115,8 @@ def measure(server: DevServer, cell: Cell, repo_dir: str, http_url: str,
     """Start a pool for ``cell``, warm it, measure it, stop it. ``own`` runs (cycled) replace
     the cell's built-in workload."""
     stream = itertools.cycle(own) if own else specs(cell.workload, http_url)
+    if cell.sandbox:
+        extra = [*extra, "--sandbox", cell.sandbox]
     with PoolProcess(server, cell.size, cell.isolation, repo_dir, extra, log_dir,
                      python_args) as pool:
         warm = [enqueue(server, next(stream)) for _ in range(max(2 * cell.size, 4))]

@@ -192,7 +192,7 @@ def test_no_process_outlives_its_run(target: Target) -> None:
     marker = f"poolctl-detached-{uuid.uuid4().hex}"
     run = target.attack(f"""
       const cp = p.getBuiltinModule('child_process');
-      const a = cp.spawn('/bin/sh', ['-c', 'exec sleep 600 # {marker}'], {{ detached: true, stdio: 'ignore' }});
+      const a = cp.spawn('/bin/sh', ['-c', 'sleep 600; :', '{marker}'], {{ detached: true, stdio: 'ignore' }});
       a.unref();
       const b = cp.spawn(p.execPath, ['-e', 'setInterval(() => {{}}, 1000) // {marker}'], {{ detached: true, stdio: 'ignore' }});
       b.unref();
@@ -225,7 +225,7 @@ def test_a_fork_bomb_is_bounded(target: Target) -> None:
       const waits = [];
       for (let i = 0; i < {attempts}; i++) {{
         waits.push(new Promise(resolve => {{
-          const c = cp.spawn('/bin/sleep', ['20', '{marker}'], {{ stdio: 'ignore' }});
+          const c = cp.spawn('/bin/sh', ['-c', 'sleep 20; :', '{marker}'], {{ stdio: 'ignore' }});
           c.on('spawn', () => {{ ok++; resolve(); }});
           c.on('error', e => {{ failed++; codes[e.code] = (codes[e.code] || 0) + 1; resolve(); }});
         }}));

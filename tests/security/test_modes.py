@@ -1,0 +1,56 @@
+"""The sandbox a pool runs in is said at start-up, in ``poolctl status`` and on /metrics; one that
+cannot work is refused with the reason (exit 2), never silently replaced."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.request
+
+from pool.supervisor.control import request
+from tests.security.conftest import Target
+from tests.supervisor.conftest import DEADLINE, REPO, ROOT, free_port
+
+
+def expected_mode(target: Target) -> str:
+    if not target.sandboxed:
+        return "none"
+    return "uid" if os.geteuid() == 0 else "namespaces"
+
+
+def test_the_sandbox_is_logged_shown_in_status_and_on_metrics(target: Target) -> None:
+    mode = expected_mode(target)
+    assert f"sandbox {mode}: " in target.pool.output
+    if mode == "none":
+        assert "--sandbox none: strict runs each job in a fresh shim but NOT in a sandbox" in (
+            target.pool.output)
+    assert request(target.control_socket, "status")["sandbox"] == mode
+    with urllib.request.urlopen(f"http://127.0.0.1:{target.pool.port}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert f'poolctl_sandbox{{mode="{mode}"}} 1.0' in metrics
+    result = subprocess.run([sys.executable, str(ROOT / "bin" / "poolctl"), "status",
+                             "--port", str(target.pool.port)],
+                            capture_output=True, text=True, timeout=DEADLINE, cwd=ROOT)
+    assert f"sandbox: {mode}" in result.stdout, result.stdout + result.stderr
+
+
+def test_an_explicit_sandbox_that_cannot_work_exits_2() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
+    env.update(WORKER_SECRET="s3cret", WORKER_REPO_DIR=REPO)
+    args = ["--sandbox", "uid", "--port", str(free_port()), "--http-host", "127.0.0.1"]
+    with tempfile.TemporaryDirectory() as private:
+        if os.geteuid() == 0:  # root may use uid, but its slot uids cannot reach a 0700 repo
+            os.chmod(private, 0o700)
+            repo = os.path.join(private, "repo")
+            os.mkdir(repo)
+            args += ["--repo-dir", repo]
+            why = "Permission denied"
+        else:
+            why = "needs the pool to run as root"
+        result = subprocess.run([sys.executable, str(ROOT / "bin" / "poolctl"), "start", *args],
+                                capture_output=True, text=True, timeout=DEADLINE, env=env,
+                                cwd=ROOT)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--sandbox uid" in result.stderr and why in result.stderr, result.stderr
