@@ -33,7 +33,6 @@ import json
 import os
 import select
 import signal
-import subprocess
 import threading
 import time
 from collections.abc import Iterable
@@ -46,7 +45,6 @@ from pool.executor.sandbox import (
     SandboxError,
     SandboxFiles,
     bind_plan,
-    tool,
     wrap,
 )
 
@@ -216,16 +214,6 @@ class SandboxProcess:
             self._pidfd = None
 
 
-def clear_uid(uid: int) -> None:
-    """Kill every process of ``uid`` (run as that uid: ``kill -KILL -1``), so an executor that
-    takes over a slot from one that died starts with no leftover of its predecessor's shims."""
-    with contextlib.suppress(OSError, SandboxError):
-        subprocess.run([tool("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
-                        "--", tool("kill"), "-KILL", "-1"],
-                       stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL,
-                       stderr=subprocess.DEVNULL, timeout=10, check=False)
-
-
 class Launcher:
     """Starts an executor's shims in its sandbox; one per executor."""
 
@@ -236,8 +224,6 @@ class Launcher:
         self.files: SandboxFiles | None = None
         if config.mode != "none":
             self.files = SandboxFiles.make(config.uids or [os.getuid()], home)
-        for uid in self.uids.uids:
-            clear_uid(uid)
 
     @property
     def mode(self) -> str:

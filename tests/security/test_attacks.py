@@ -89,7 +89,7 @@ def test_a_concurrent_runs_credential_from_the_other_shims_memory(target: Target
     victim = target.lightning.enqueue(
         _plan_with_credential(
             "fn(state => new Promise(r => setTimeout(() => r({ data: { n: "
-            "state.configuration.password.length } }), 15000)));"),
+            "state.configuration.password.length } }), 10000)));"),
         credentials={"cred-v": {"password": marker}})
     wait_until(lambda: "step:start" in [e["event"] for e in target.lightning.run(victim)["events"]],
                "the victim run to start")
