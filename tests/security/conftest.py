@@ -145,7 +145,7 @@ def stop_target(target: Target) -> None:
 SANDBOXES = os.environ.get("POOLCTL_SECURITY_SANDBOXES", "default,none").split(",")
 
 
-@pytest.fixture(scope="module", params=SANDBOXES)
+@pytest.fixture(scope="session", params=SANDBOXES)
 def target(request: pytest.FixtureRequest) -> Iterator[Target]:
     repo = copy_repo()
     t = start_target(request.param, repo)

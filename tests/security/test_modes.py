@@ -3,15 +3,27 @@ cannot work is refused with the reason (exit 2), never silently replaced."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 import tempfile
 import urllib.request
 
+import psutil
+
 from pool.supervisor.control import request
-from tests.security.conftest import Target
-from tests.supervisor.conftest import DEADLINE, REPO, ROOT, free_port
+from tests.security.conftest import SIZE, Target
+from tests.supervisor.conftest import (
+    DEADLINE,
+    REPO,
+    ROOT,
+    free_port,
+    job,
+    plan,
+    wait_run,
+    wait_until,
+)
 
 
 def expected_mode(target: Target) -> str:
@@ -54,3 +66,30 @@ def test_an_explicit_sandbox_that_cannot_work_exits_2() -> None:
                                 cwd=ROOT)
     assert result.returncode == 2, result.stdout + result.stderr
     assert "--sandbox uid" in result.stderr and why in result.stderr, result.stderr
+
+
+def test_shims_run_under_uids_of_their_slot_alternating(target: Target) -> None:
+    """Root (uid): while a run executes, its shim and the standby that takes the next run have
+    two different uids of the executor's own; namespaces and none: the pool's own uid."""
+    body = "fn(state => new Promise(resolve => setTimeout(() => resolve(state), 4000)));"
+    runs = [target.lightning.enqueue(plan(job(body))) for _ in range(SIZE)]
+
+    def uids_per_executor() -> dict[int, list[int]] | None:
+        seen = {}
+        for executor in target.pool.executors():
+            with contextlib.suppress(psutil.Error):
+                seen[executor.pid] = sorted(p.uids().real for p in
+                                            executor.children(recursive=True)
+                                            if p.name() == "node")
+        return seen if len(seen) == SIZE and all(len(u) == 2 for u in seen.values()) else None
+
+    seen = wait_until(uids_per_executor, "a running shim and a standby in every executor")
+    for run_id in runs:
+        wait_run(target.lightning, run_id)
+    if expected_mode(target) != "uid":
+        assert {uid for uids in seen.values() for uid in uids} == {os.geteuid()}, seen
+        return
+    pairs = [set(uids) for uids in seen.values()]
+    assert all(len(pair) == 2 for pair in pairs), seen  # running and standby differ
+    assert not set.intersection(*pairs), seen  # no uid shared between executors
+    assert all(880000 <= uid <= 889999 for pair in pairs for uid in pair), seen
