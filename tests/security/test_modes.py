@@ -13,7 +13,7 @@ import urllib.request
 import psutil
 
 from pool.supervisor.control import request
-from tests.security.conftest import SIZE, Target
+from tests.security.conftest import PIDS, SIZE, Target
 from tests.supervisor.conftest import (
     DEADLINE,
     REPO,
@@ -93,3 +93,35 @@ def test_shims_run_under_uids_of_their_slot_alternating(target: Target) -> None:
     assert all(len(pair) == 2 for pair in pairs), seen  # running and standby differ
     assert not set.intersection(*pairs), seen  # no uid shared between executors
     assert all(880000 <= uid <= 889999 for pair in pairs for uid in pair), seen
+
+
+def soft_limits(pid: int) -> dict[str, int | str]:
+    """The soft process, open-file and file-size limits of ``pid`` (``/proc/<pid>/limits``)."""
+    names = {"Max processes": "nproc", "Max open files": "nofile", "Max file size": "fsize"}
+    out: dict[str, int | str] = {}
+    with open(f"/proc/{pid}/limits") as fh:
+        for line in fh:
+            for label, name in names.items():
+                if line.startswith(label):
+                    soft = line[len(label):].split()[0]
+                    out[name] = int(soft) if soft.isdigit() else soft
+    return out
+
+
+def test_shims_carry_the_sandbox_limits(target: Target) -> None:
+    """Sandboxed shims: tasks, open files and file size limited, first in the OOM killer's line;
+    with none, the pool's own limits and OOM score."""
+    def shims() -> list[psutil.Process] | None:
+        found = [p for e in target.pool.executors() for p in e.children(recursive=True)
+                 if p.name() == "node"]
+        return found if len(found) >= SIZE else None
+
+    for shim in wait_until(shims, "a shim per executor"):
+        with open(f"/proc/{shim.pid}/oom_score_adj") as fh:
+            oom = int(fh.read())
+        limits = soft_limits(shim.pid)
+        if target.sandboxed:
+            assert oom == 1000
+            assert limits == {"nproc": PIDS, "nofile": 1024, "fsize": 256 * 1024 * 1024}, limits
+        else:
+            assert oom < 1000 and limits["nproc"] != PIDS, (oom, limits)
