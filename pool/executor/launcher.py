@@ -146,11 +146,17 @@ class SandboxProcess:
 
     # --- ending -------------------------------------------------------------------------------
     def kill(self) -> None:
-        """SIGKILL the whole sandbox (its pid 1 first: the kernel takes every other process in
-        the PID namespace with it), then our child; ``wait_gone`` waits for the rest."""
+        """SIGKILL the whole sandbox: its pid 1 (the kernel takes every other process of the
+        PID namespace with it), after which bwrap, our child, exits by itself and is reaped
+        with their CPU time counted; without a sandbox, the shim itself."""
         if self._pidfd is not None:
             with contextlib.suppress(OSError):
                 signal.pidfd_send_signal(self._pidfd, signal.SIGKILL)
+                return
+        self.kill_child()
+
+    def kill_child(self) -> None:
+        """SIGKILL the process we spawned (bwrap lingering after its sandbox died)."""
         with contextlib.suppress(ProcessLookupError):
             os.kill(self.pid, signal.SIGKILL)
 

@@ -166,7 +166,14 @@ class Shim:
             return
         if self.returncode is None:
             self.process.kill()
-            self._reap(block=True)
+            deadline = time.monotonic() + 2.0  # bwrap follows its sandbox's pid 1 at once
+            while self.returncode is None and time.monotonic() < deadline:
+                self._reap(block=False)
+                if self.returncode is None:
+                    time.sleep(0.002)
+            if self.returncode is None:
+                self.process.kill_child()
+                self._reap(block=True)
         if not self._gone:
             self._gone = self.process.wait_gone()
 
