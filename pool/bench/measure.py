@@ -126,12 +126,12 @@ def measure(server: DevServer, cell: Cell, repo_dir: str, http_url: str,
                 raise BenchError(f"{cell.isolation}@{cell.size}: warm-up run ended "
                                  f"{record['state']}: {record['error_message']} "
                                  f"(log {pool.log_path})")
-        cpu0 = proctree.cpu(pool.pid)
-        with proctree.MemorySampler(pool.pid, interval_s=0.5) as sampler:
+        with proctree.MemorySampler(pool.pid, interval_s=0.5) as sampler, \
+                proctree.CpuTracker(pool.pid, interval_s=0.1) as cpu:
             try:
                 ids = feed(server, cell, stream, on_done)
             except BenchError as exc:
                 raise pool.failed(f"{cell.isolation}@{cell.size}: {exc}") from None
-            cpu1 = proctree.cpu(pool.pid)
         records = [server.run(run_id) for run_id in ids]
-        return reduce(cell, records, cpu0, cpu1, sampler.peak())
+        return reduce(cell, records, proctree.CpuSample(0.0, 0.0), cpu.result(),
+                      sampler.peak())

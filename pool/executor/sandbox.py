@@ -26,13 +26,14 @@ in it, so the kernel's OOM killer takes a shim before the supervisor.
 
 from __future__ import annotations
 
+import functools
 import os
 import pwd
 import shutil
 import subprocess
 import tempfile
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass, field, replace
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -156,7 +157,6 @@ class SandboxFiles:
     root: str = ""
     passwd: str = ""
     group: str = ""
-    _made: list[str] = field(default_factory=list)
 
     @staticmethod
     def make(uids: Iterable[int], home: str) -> SandboxFiles:
@@ -193,6 +193,7 @@ def _user_name(uid: int) -> str:
         return f"poolctl-{uid}"
 
 
+@functools.cache
 def tool(name: str) -> str:
     """The absolute path of a helper program (bwrap, setpriv, prlimit, choom), or SandboxError."""
     found = shutil.which(name, path="/usr/bin:/bin:/usr/sbin:/sbin:/usr/local/bin")
