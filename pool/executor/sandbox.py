@@ -139,10 +139,10 @@ def describe(mode: str) -> str:
                 "namespaces; repo, Node and shim read-only; private /tmp and HOME; process, "
                 "file and open-file limits; network shared")
     if mode == "namespaces":
+        limits = ("file and open-file limits; NO process-count limit (uid 0 is exempt: use uid)"
+                  if os.geteuid() == 0 else "process, file and open-file limits")
         return ("namespaces: new user/pid/mount/ipc/uts/cgroup namespaces, same uid as the pool; "
-                "repo, Node and shim read-only; private /tmp and HOME; file and open-file limits"
-                + ("" if os.geteuid() != 0 else "; NO process-count limit (uid 0 is exempt)")
-                + "; network shared")
+                f"repo, Node and shim read-only; private /tmp and HOME; {limits}; network shared")
     return ("none: shims run as the pool's own uid with its view of the machine: a hostile job "
             "can read the worker secret and other runs' credentials")
 
