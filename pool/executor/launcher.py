@@ -229,7 +229,10 @@ class Launcher:
         self.uids = UidPair(config.uids if config.mode == "uid" else ())
         self.files: SandboxFiles | None = None
         if config.mode != "none":
-            self.files = SandboxFiles.make(config.uids or [os.getuid()], home)
+            # inside the executor's own temporary folder, removed with it; a slot uid must be
+            # able to pass through it to bind them
+            os.chmod(home, 0o711)
+            self.files = SandboxFiles.make(config.uids or [os.getuid()], home, parent=home)
 
     @property
     def mode(self) -> str:

@@ -159,8 +159,9 @@ class SandboxFiles:
     group: str = ""
 
     @staticmethod
-    def make(uids: Iterable[int], home: str) -> SandboxFiles:
-        root = tempfile.mkdtemp(prefix="poolctl-sandbox-")
+    def make(uids: Iterable[int], home: str, parent: str | None = None) -> SandboxFiles:
+        """In a new folder under ``parent`` (default: the system's temporary folder)."""
+        root = tempfile.mkdtemp(prefix="poolctl-sandbox-", dir=parent)
         os.chmod(root, 0o755)  # a slot uid must reach them to bind them
         users, groups = ["root:x:0:0:root:/root:/usr/sbin/nologin"], ["root:x:0:"]
         for uid in dict.fromkeys(uids):

@@ -4,7 +4,7 @@ Public API (the executor process uses this; the protocol is pool/shim/PROTOCOL.m
 
     class ShimBootError(Exception)   # one-line reason: no node, broken shim, boot timeout
     class ShimExited(Exception)      # .returncode, .stderr_tail, .oom (heap out of memory)
-    class Shim(node, memory_mb, env, repo_dir)
+    class Shim(node, memory_mb, env, repo_dir, launcher=None)  # launcher: the sandbox seam
         .start()                         # spawn; returns at once
         .wait_ready(timeout) -> dict     # the shim's `ready` message, else ShimBootError
         .pid: int
@@ -14,8 +14,9 @@ Public API (the executor process uses this; the protocol is pool/shim/PROTOCOL.m
             # the next protocol message, or {"type": "output", "stream": "stdout"|"stderr",
             # "line": str, "time_us": int} per line the shim printed; None on timeout;
             # raises ShimExited once the process is gone and everything it sent was delivered
-        .rss_bytes() -> int
-        .kill()                          # SIGKILL, reaped
+        .rss_bytes() -> int              # every process in its sandbox
+        .kill()                          # SIGKILL the whole sandbox; returns once all are gone
+        .kill_strays() -> int            # context: kill all in the sandbox but the shim
         .close()                         # ask it to exit (graceful), then kill; frees fds
 
 Every shim is started through ``pool.executor.launcher`` (the sandbox seam): the protocol socket

@@ -148,11 +148,13 @@ SANDBOXES = os.environ.get("POOLCTL_SECURITY_SANDBOXES", "default,none").split("
 @pytest.fixture(scope="session", params=SANDBOXES)
 def target(request: pytest.FixtureRequest) -> Iterator[Target]:
     repo = copy_repo()
-    t = start_target(request.param, repo)
     try:
-        yield t
+        t = start_target(request.param, repo)
+        try:
+            yield t
+        finally:
+            stop_target(t)
     finally:
-        stop_target(t)
         shutil.rmtree(os.path.dirname(repo), ignore_errors=True)
 
 
@@ -163,7 +165,11 @@ def fresh_target(request: pytest.FixtureRequest) -> Iterator[Any]:
 
     def start(sandbox: str) -> Target:
         repo = copy_repo()
-        t = start_target(sandbox, repo)
+        try:
+            t = start_target(sandbox, repo)
+        except BaseException:
+            shutil.rmtree(os.path.dirname(repo), ignore_errors=True)
+            raise
         made.append((t, repo))
         return t
 
