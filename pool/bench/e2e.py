@@ -24,7 +24,7 @@ from pathlib import Path
 from tqdm import tqdm
 
 from pool.adaptors import Adaptor, AdaptorRepo
-from pool.bench import chart, table
+from pool.bench import chart, sandbox_cost, table
 from pool.bench.measure import BenchError, Cell, measure
 from pool.bench.measurement import Measurement
 from pool.bench.pool_process import PoolFailed
@@ -33,6 +33,7 @@ from pool.bench.shim_run import measure_shim
 from pool.bench.workloads import ADAPTORS, COMMON, WORKLOADS, SlowHttpServer
 from pool.devserver.server import DevServer
 from pool.executor.process import PREPARED_MODES
+from pool.executor.sandbox import resolve_mode
 from pool.executor.shim import SHIM_SCRIPT, node_flags
 from pool.prepare import COMPILE_CACHE_MIN_NODE, CompileCache, PreparedRepo, PreparedShim
 from pool.settings import default_of
@@ -48,13 +49,16 @@ def cells(budget_s: float, spaced_budget_s: float) -> list[Cell]:
         for iso, sizes in (("noop", (2,)), ("context", (1, 2, 4)), ("strict", (1, 2, 4)),
                            ("cold", (2,))):
             out += [Cell(iso, size, workload, runs=2000, budget_s=budget_s) for size in sizes]
+    # what the sandbox costs strict, in this same run: strict without one (issue 12)
+    out += [Cell("strict", size, "trivial", runs=2000, budget_s=budget_s, sandbox="none")
+            for size in (1, 2)]
     out += [Cell(iso, 1, "trivial", SPACED_GAP_S, runs=1000, budget_s=spaced_budget_s)
             for iso in ("strict", "cold")]
     return out
 
 
 def select(plan: list[Cell], spec: str) -> list[Cell]:
-    """The cells named in ``spec`` (``context@2,noop@2:mix``: isolation@size, the trivial
+    """The cells named in ``spec`` (``context@2,strict[none]@2:mix``: isolation@size, the trivial
     workload unless ``:workload`` is given; ``spaced``: the strict and cold series with runs
     2 s apart), to iterate on a few cells in seconds rather than minutes."""
     wanted = []
@@ -68,8 +72,8 @@ def select(plan: list[Cell], spec: str) -> list[Cell]:
         if not size.isdigit() or workload not in ("", *WORKLOADS):
             raise ValueError(f"--cells: {name!r} is not isolation@size[:workload]")
         wanted.append((iso, int(size), workload or "trivial"))
-    chosen = [c for c in plan if c.gap_s == 0 and (c.isolation, c.size, c.workload) in wanted]
-    missing = set(wanted) - {(c.isolation, c.size, c.workload) for c in chosen}
+    chosen = [c for c in plan if c.gap_s == 0 and (c.label, c.size, c.workload) in wanted]
+    missing = set(wanted) - {(c.label, c.size, c.workload) for c in chosen}
     if missing:
         raise ValueError("--cells: no such cell: " + ", ".join(
             f"{iso}@{size}:{workload}" for iso, size, workload in sorted(missing)))
@@ -241,6 +245,9 @@ def main(argv: list[str] | None = None) -> int:
         extra += preparing_report(args.repo_dir, args.node)
     text = report(points, extra)
     print(text)
+    print()
+    print(sandbox_cost.report(resolve_mode("auto"), sandbox_cost.measure(
+        resolve_mode("auto"), 15, sandbox_cost.node_path(), args.repo_dir)))
     write_json(out.with_suffix(".json"), {"cells": [p.to_dict() for p in points],
                                           "targets": [t[0] for t in targets(points)],
                                           "notes": extra})

@@ -39,6 +39,12 @@ class Cell:
     gap_s: float = 0.0
     runs: int = 200          # at most this many measured runs...
     budget_s: float = 30.0   # ...enqueued within this many seconds
+    sandbox: str = ""        # --sandbox for this cell; "" = the pool's default (auto)
+
+    @property
+    def label(self) -> str:
+        """The isolation as tables show it: ``strict[none]`` for strict without a sandbox."""
+        return f"{self.isolation}[{self.sandbox}]" if self.sandbox else self.isolation
 
 
 class BenchError(RuntimeError):
@@ -89,7 +95,7 @@ def reduce(cell: Cell, records: list[dict[str, Any]], cpu0: proctree.CpuSample,
     waits = [(t["claimed"] - t["enqueued"]) / 1000 for t in times]
     wall = (max(t["completed"] for t in times) - min(t["enqueued"] for t in times)) / 1e6
     return Measurement(
-        isolation=cell.isolation, size=cell.size, workload=cell.workload, gap_s=cell.gap_s,
+        isolation=cell.label, size=cell.size, workload=cell.workload, gap_s=cell.gap_s,
         runs=n, failures=sum(r["state"] != "success" for r in records), wall_s=round(wall, 3),
         runs_per_s=round(n / wall, 3) if wall > 0 else 0.0,
         p50_ms=round(percentile(service, 0.50), 2), p95_ms=round(percentile(service, 0.95), 2),
@@ -113,6 +119,8 @@ def measure(server: DevServer, cell: Cell, repo_dir: str, http_url: str,
     the cell's built-in workload. ``prepared`` (strict, context) waits until the pool's
     background preparing is done, after a first warm-up; a second warm-up follows."""
     stream = itertools.cycle(own) if own else specs(cell.workload, http_url)
+    if cell.sandbox:
+        extra = [*extra, "--sandbox", cell.sandbox]
     with PoolProcess(server, cell.size, cell.isolation, repo_dir, extra, log_dir,
                      python_args) as pool:
         warm_up(server, cell, stream, pool)
@@ -124,20 +132,20 @@ def measure(server: DevServer, cell: Cell, repo_dir: str, http_url: str,
             # the boots inside it are the runs' own
             steady = shims.settle(None)
             start = shims.begin()
-            cpu0 = proctree.cpu(pool.pid)
-            with proctree.MemorySampler(pool.pid, interval_s=0.5) as sampler:
+            with proctree.MemorySampler(pool.pid, interval_s=0.5) as sampler, \
+                    proctree.CpuTracker(pool.pid, interval_s=0.1) as cpu:
                 try:
                     ids = feed(server, cell, stream, on_done)
                 except BenchError as exc:
                     raise pool.failed(f"{cell.isolation}@{cell.size}: {exc}") from None
                 steady = shims.settle(len(start)) and steady
-                cpu1 = proctree.cpu(pool.pid)
             boots = len(shims.seen - start) if steady else float("nan")
         if sampler.peak() is None and sampler.denied:
             raise BenchError(f"{cell.isolation}@{cell.size}: the pool's memory could not be "
                              f"read ({sampler.denied})")
         records = [server.run(run_id) for run_id in ids]
-        return reduce(cell, records, cpu0, cpu1, sampler.peak(), boots)
+        return reduce(cell, records, proctree.CpuSample(0.0, 0.0), cpu.result(), sampler.peak(),
+                      boots)
 
 
 def warm_up(server: DevServer, cell: Cell, stream: Any, pool: PoolProcess) -> None:

@@ -1,9 +1,9 @@
 """CPU and memory of a pool's process tree (supervisor → executors → shims), with psutil.
 
 CPU is split in two: the supervisor's own, and everything under it. Processes that already
-exited still count: a reaped child's CPU lands in its parent's ``children_*`` times (a cold
-shim in its executor's, a recycled executor in the supervisor's), so the split stays right
-across recycling as long as each parent waits for its children, which the pool does.
+exited still count: a reaped executor's CPU lands in the supervisor's ``children_*`` times, and
+``CpuTracker`` samples every descendant so a shim that dies with its sandbox (whose CPU reaches
+nobody's ``children_*``) counts with its last sample.
 """
 
 from __future__ import annotations
@@ -32,18 +32,6 @@ class MemorySample:
     rest_pss_mb: float
     total_rss_mb: float
     processes: int
-
-
-def cpu(pid: int) -> CpuSample:
-    sup = psutil.Process(pid)
-    own = sup.cpu_times()
-    rest = own.children_user + own.children_system
-    for child in sup.children(recursive=True):
-        with contextlib.suppress(psutil.Error):
-            times = child.cpu_times()
-            # a live child's reaped children are in its own children_* times
-            rest += times.user + times.system + times.children_user + times.children_system
-    return CpuSample(own.user + own.system, rest)
 
 
 def memory(pid: int) -> MemorySample:
@@ -107,7 +95,7 @@ class MemorySampler:
 
 class ShimCounter:
     """Counts the shims a pool starts: polls every ``interval_s`` for Node processes running
-    ``shim.mjs`` among the executors' children (a shim lives at least through a boot, far longer
+    ``shim.mjs`` below the executors (a shim lives at least through a boot, far longer
     than the interval), keeping every pid ever seen and the ones alive now.
 
     Cheap on purpose, because it shares the benchmark's process (and GIL) with the dev server:
@@ -146,16 +134,28 @@ class ShimCounter:
                 args = fh.read().split(b"\0")
         except OSError:
             return False
-        if any(a.endswith(b"shim.mjs") for a in args):
+        # Node itself, not the bubblewrap around it (whose argv names the script too)
+        if os.path.basename(args[0]).startswith(b"node") and \
+                any(a.endswith(b"shim.mjs") for a in args):
             self._shim[pid] = True
             return True
         return False
+
+    def _below(self, pid: int, depth: int = 4) -> list[int]:
+        """Descendants of an executor down to its shims: a sandboxed shim is bubblewrap's
+        grandchild, an unsandboxed one its child."""
+        found = []
+        for child in self._children(pid):
+            found.append(child)
+            if depth > 1 and child not in self._shim:
+                found += self._below(child, depth - 1)
+        return found
 
     def _shims(self) -> frozenset[int]:
         if time.monotonic() - self._executors_at > 1.0:
             self._executors = self._children(self.pid)
             self._executors_at = time.monotonic()
-        return frozenset(p for e in self._executors for p in self._children(e)
+        return frozenset(p for e in self._executors for p in self._below(e)
                          if self._is_shim(p))
 
     def _loop(self) -> None:
@@ -195,3 +195,59 @@ class ShimCounter:
         self._stop.set()
         self._thread.join(timeout=10)
 
+
+class CpuTracker:
+    """CPU of the tree over a period, counting processes that die unreaped by the tree.
+
+    A sandboxed shim's CPU never reaches its executor's ``children_*`` times: bwrap exits
+    without reaping its own init, and processes killed with the sandbox are reaped by the
+    kernel without accounting. So every descendant's own CPU is sampled every ``interval_s``
+    and a process that vanishes counts with its last sample, sandboxed or not (what it used
+    after that sample is missed: a shim is idle between its run's end and its kill, so little
+    is; a process that lives less than one interval is missed whole, alike in every mode).
+    """
+
+    def __init__(self, pid: int, interval_s: float = 0.05) -> None:
+        self.pid = pid
+        self.interval_s = interval_s
+        self._first: dict[tuple[int, float], float] = {}
+        self._last: dict[tuple[int, float], float] = {}
+        self._sup0 = 0.0
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._loop, daemon=True, name="bench-cpu")
+
+    def _sample(self) -> None:
+        try:
+            family = psutil.Process(self.pid).children(recursive=True)
+        except psutil.Error:
+            return
+        for proc in family:
+            with contextlib.suppress(psutil.Error):
+                t = proc.cpu_times()
+                key = (proc.pid, proc.create_time())
+                self._last[key] = t.user + t.system  # own only: a reaped child is sampled too
+
+    def _supervisor(self) -> tuple[float, float]:
+        t = psutil.Process(self.pid).cpu_times()
+        return t.user + t.system, t.children_user + t.children_system
+
+    def _loop(self) -> None:
+        while not self._stop.wait(self.interval_s):
+            self._sample()
+
+    def __enter__(self) -> CpuTracker:
+        self._sample()
+        self._first = dict(self._last)
+        self._sup0, self._reaped0 = self._supervisor()
+        self._thread.start()
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self._stop.set()
+        self._thread.join(timeout=10)
+        self._sample()
+
+    def result(self) -> CpuSample:
+        sup, reaped = self._supervisor()
+        rest = sum(v - self._first.get(k, 0.0) for k, v in self._last.items())
+        return CpuSample(sup - self._sup0, rest + reaped - self._reaped0)

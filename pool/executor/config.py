@@ -19,14 +19,17 @@ The ``init`` fields (extend, don't rename)::
     adaptors        {offline, install_timeout, latest_ttl, allowlist}: the adaptor repo's settings
     boot_timeout    seconds a shim may take to report ready (and warm)
     prepare         strict/context: use and make prepared adaptors and the compile cache
+    sandbox         {mode, uids, tmp_mb, pids, nofile, fsize_mb, hosts_file}: how shims are
+                    sandboxed (pool.executor.sandbox); mode is resolved, never ``auto``
 """
 
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
+from pool.executor.sandbox import SandboxConfig, base_config, resolve_mode
 from pool.settings import default_of
 
 ISOLATION_MODES = ("strict", "context", "cold", "noop")
@@ -93,6 +96,7 @@ class ExecutorConfig:
     boot_timeout: float = 60.0
     allowlist: tuple[str, ...] = ()  # adaptors runs may use (empty: any @openfn/*)
     prepare: bool = True
+    sandbox: SandboxConfig = field(default_factory=SandboxConfig)
 
     @staticmethod
     def from_message(message: dict[str, Any]) -> ExecutorConfig:
@@ -127,6 +131,7 @@ class ExecutorConfig:
                 boot_timeout=float(message.get("boot_timeout", 60.0)),
                 allowlist=tuple(_strings(adaptors.get("allowlist"), "adaptors.allowlist")),
                 prepare=bool(message.get("prepare", True)),
+                sandbox=SandboxConfig.from_message(message.get("sandbox")),
             )
         except (TypeError, ValueError, AttributeError) as exc:
             if isinstance(exc, ConfigError):
@@ -140,6 +145,15 @@ def _strings(value: Any, name: str) -> list[str]:
     if not isinstance(value, list | tuple) or not all(isinstance(v, str) for v in value):
         raise ConfigError(f"{name} must be a list of strings")
     return list(value)
+
+
+def sandbox_message(settings: Any, slot: int = 0) -> dict[str, Any]:
+    """The ``sandbox`` field for ``settings`` (``auto`` resolved, not probed: the supervisor and
+    ``poolctl execute`` probe it at start-up and put their checked choice in ``sandbox``)."""
+    if getattr(settings, "sandbox", None) is None:
+        return SandboxConfig().to_message()
+    config = base_config(settings, slot)
+    return replace(config, mode=resolve_mode(config.mode)).to_message()
 
 
 def init_message(settings: Any, **overrides: Any) -> dict[str, Any]:
@@ -164,6 +178,7 @@ def init_message(settings: Any, **overrides: Any) -> dict[str, Any]:
                      "allowlist": list(getattr(settings, "adaptor_allowlist", []))},
         "boot_timeout": getattr(settings, "boot_timeout", 60.0),
         "prepare": getattr(settings, "prepare_adaptors", True),
+        "sandbox": sandbox_message(settings),
     }
     message.update(overrides)
     return message

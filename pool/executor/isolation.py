@@ -43,7 +43,9 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from pool.adaptors import Adaptor, AdaptorError, AdaptorRepo
+from pool.executor.launcher import Launcher
 from pool.executor.prepared import PreparedForms
+from pool.executor.sandbox import SandboxError
 from pool.executor.shim import Shim, ShimBootError
 from pool.executor.shim_watch import is_alive
 from pool.prepare import is_prepared
@@ -81,8 +83,9 @@ class ShimFactory:
 
     def __init__(self, node: str, repo_dir: str, env: dict[str, str], repo: AdaptorRepo,
                  boot_timeout: float, prewarm: tuple[str, ...], prepare: bool = False,
-                 memory_mb: int = 0) -> None:
+                 memory_mb: int = 0, launcher: Launcher | None = None) -> None:
         self.node = node
+        self.launcher = launcher
         self.repo_dir = repo_dir
         self.env = env
         self.repo = repo
@@ -104,7 +107,7 @@ class ShimFactory:
         if self.forms is not None:
             script = self.forms.script()
             env = {**env, **self.forms.shim_env(memory_mb, script)}
-        shim = Shim(self.node, memory_mb, env, self.repo_dir, script)
+        shim = Shim(self.node, memory_mb, env, self.repo_dir, script, self.launcher)
         try:
             shim.start()
             info = shim.wait_ready(self.boot_timeout)
@@ -387,6 +390,8 @@ class Context(Mode):
         if dedicated:
             shim.discard()
             return None
+        if cause is None:
+            cause = _kill_strays(shim)
         shim.runs += 1
         if cause is None and shim.runs >= self._budget:
             cause = RUNS
@@ -433,6 +438,20 @@ def _dead(shim: WarmShim) -> None:
     print(f"executor: shim {shim.pid} was dead when a run came; a fresh one takes it",
           file=sys.stderr, flush=True)
     shim.discard()
+
+
+def _kill_strays(shim: WarmShim) -> str | None:
+    """Nothing a run started outlives it: kill every process in the shim's sandbox but the shim;
+    if they keep coming back, the shim goes too (``crash``)."""
+    try:
+        killed = shim.shim.kill_strays()
+    except SandboxError as exc:
+        print(f"executor: shim {shim.pid}: {exc}; replacing it", file=sys.stderr, flush=True)
+        return CRASH
+    if killed:
+        print(f"executor: killed {killed} process(es) the last run left in shim {shim.pid}'s "
+              "sandbox", file=sys.stderr, flush=True)
+    return None
 
 
 def _rss(shim: WarmShim) -> int:

@@ -21,6 +21,7 @@ import sys
 from typing import Any
 
 from pool.executor.oneshot import ExecutorBootError, execute_once
+from pool.executor.sandbox import SandboxError, base_config, choose
 from pool.executor.workflow_file import WorkflowFileError, load_workflow
 
 LEVELS = {"debug": 0, "info": 1, "success": 1, "always": 2, "warn": 2, "error": 3}
@@ -58,6 +59,14 @@ def execute_command(workflow_path: str, input_path: str | None, settings: Any) -
     except WorkflowFileError as exc:
         say(f"poolctl execute: {exc}")
         return 2
+    try:
+        sandbox, warning = choose(settings.sandbox, settings.isolation, settings.node,
+                                  settings.repo_dir, base_config(settings))
+    except SandboxError as exc:
+        say(f"poolctl execute: --sandbox {settings.sandbox}: {exc}")
+        return 2
+    if warning:
+        say(f"poolctl execute: {warning}")
     min_level = LEVELS.get(str(settings.log_level).lower(), 1)
 
     def print_log(event: dict[str, Any]) -> None:
@@ -66,7 +75,8 @@ def execute_command(workflow_path: str, input_path: str | None, settings: Any) -
                 f"{format_message(event.get('message'))}")
 
     try:
-        end = execute_once(plan, state, settings, on_event=print_log)
+        end = execute_once(plan, state, settings, on_event=print_log,
+                           sandbox=sandbox.to_message())
     except ExecutorBootError as exc:
         say(f"poolctl execute: the executor could not start: {exc}")
         return 3

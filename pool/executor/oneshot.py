@@ -21,7 +21,8 @@ BOOT_TIMEOUT = 120.0
 
 def execute_once(plan: dict[str, Any], input_state: Any, settings: Any,
                  on_event: Callable[[dict[str, Any]], None] = lambda _: None,
-                 run_id: str | None = None) -> dict[str, Any]:
+                 run_id: str | None = None,
+                 sandbox: dict[str, Any] | None = None) -> dict[str, Any]:
     """Run ``plan`` on a fresh executor; the ``run-complete`` message (always one).
 
     Raises ExecutorBootError (one-line reason) when the executor cannot boot. If the executor
@@ -30,6 +31,8 @@ def execute_once(plan: dict[str, Any], input_state: Any, settings: Any,
     run_id = run_id or str(uuid.uuid4())
     # one run: pre-warming only delays it, and preparing would outlive the executor
     init = init_message(settings, prewarm=[], prepare=False)
+    if sandbox is not None:  # checked by the caller (pool.executor.sandbox.choose)
+        init["sandbox"] = sandbox
     handle = ExecutorHandle.spawn(init)
     try:
         handle.wait_ready(getattr(settings, "boot_timeout", None) or BOOT_TIMEOUT)

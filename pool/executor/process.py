@@ -49,6 +49,7 @@ class Executor:
         self.repo: Any = None
         self.factory: Any = None
         self.home = ""
+        self.launcher: Any = None
         self.ready_pending = True
         self.recycled: list[dict[str, Any]] = []
         self.stopping = False
@@ -70,6 +71,7 @@ class Executor:
         from pool.adaptors import AdaptorError, AdaptorRepo
         from pool.executor.environment import refused_names, shim_env
         from pool.executor.isolation import Cold, Context, ShimFactory, Strict
+        from pool.executor.launcher import Launcher
         from pool.executor.shim import ShimBootError, ShimExited
 
         cfg = self.config
@@ -87,12 +89,13 @@ class Executor:
                                     latest_ttl=cfg.latest_ttl, allowlist=cfg.allowlist)
         except AdaptorError as exc:
             raise BootFailure(str(exc)) from None
+        self.launcher = Launcher(cfg.sandbox, self.home)
         memory = cfg.limits.memory_mb
         factory = ShimFactory(node, cfg.repo_dir, shim_env(os.environ, cfg.env_allowlist,
                                                            self.home),
                               self.repo, cfg.boot_timeout, cfg.prewarm,
                               prepare=cfg.prepare and cfg.isolation in PREPARED_MODES,
-                              memory_mb=memory)
+                              memory_mb=memory, launcher=self.launcher)
         self.factory = factory
         if cfg.isolation == "strict":
             self.mode = Strict(factory, memory, self.inbox.wake)
@@ -207,6 +210,7 @@ class Executor:
                 "shim_pid": idle.pid if idle is not None else None,
                 "node": info.get("node"), "runtime": info.get("runtime"),
                 "compiler": info.get("compiler"), "isolation": self.config.isolation,
+                "sandbox": self.config.sandbox.mode,
                 "warm_adaptors": list(idle.warm_adaptors) if idle is not None else []}
 
     # --- one run -----------------------------------------------------------------------------------------
@@ -306,6 +310,8 @@ class Executor:
             self.watch.close()
         if self.mode is not None:
             self.mode.close()
+        if self.launcher is not None:
+            self.launcher.close()
         if self.home:
             shutil.rmtree(self.home, ignore_errors=True)
 

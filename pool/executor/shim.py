@@ -4,7 +4,7 @@ Public API (the executor process uses this; the protocol is pool/shim/PROTOCOL.m
 
     class ShimBootError(Exception)   # one-line reason: no node, broken shim, boot timeout
     class ShimExited(Exception)      # .returncode, .stderr_tail, .oom (heap out of memory)
-    class Shim(node, memory_mb, env, repo_dir, script=None)
+    class Shim(node, memory_mb, env, repo_dir, script=None, launcher=None)  # launcher: the sandbox seam
         .start()                         # spawn; returns at once
         .wait_ready(timeout) -> dict     # the shim's `ready` message, else ShimBootError
         .pid: int
@@ -14,14 +14,15 @@ Public API (the executor process uses this; the protocol is pool/shim/PROTOCOL.m
             # the next protocol message, or {"type": "output", "stream": "stdout"|"stderr",
             # "line": str, "time_us": int} per line the shim printed; None on timeout;
             # raises ShimExited once the process is gone and everything it sent was delivered
-        .rss_bytes() -> int
-        .kill()                          # SIGKILL, reaped
+        .rss_bytes() -> int              # every process in its sandbox
+        .kill()                          # SIGKILL the whole sandbox; returns once all are gone
+        .kill_strays() -> int            # context: kill all in the sandbox but the shim
         .close()                         # ask it to exit (graceful), then kill; frees fds
 
-Why ``posix_spawn``: the protocol fd must be exactly 3 in the child. ``posix_spawn``'s dup2
-file actions place it there without ``preexec_fn`` (unsafe in a process with threads, and the
-executor has some); every other descriptor of ours is close-on-exec. The shim is told the repo
-folder as its argument and makes it its working directory.
+Every shim is started through ``pool.executor.launcher`` (the sandbox seam): the protocol socket
+lands on fd 3, stdin is /dev/null, stdout/stderr are piped. The shim is told the repo folder as
+its argument and makes it its working directory. ``pid`` is the process we spawned (bwrap
+when sandboxed); ``kill`` takes the whole sandbox down, every process in it.
 
 Ordering: a line printed by a job and a protocol event travel on different pipes. Lines read in
 one poll are queued before protocol messages of that poll, and the output pipes are drained
@@ -37,15 +38,14 @@ import json
 import os
 import selectors
 import shutil
-import signal
 import socket
 import time
-from pathlib import Path
 from typing import Any
 
-import psutil
+from pool.executor.launcher import Launcher, SandboxProcess
+from pool.executor.sandbox import SHIM_DIR, SandboxConfig, SandboxError
 
-SHIM_SCRIPT = str(Path(__file__).resolve().parent.parent / "shim" / "shim.mjs")
+SHIM_SCRIPT = os.path.join(SHIM_DIR, "shim.mjs")
 PROTOCOL_FD = 3
 STDERR_TAIL = 30
 READ_SIZE = 1 << 16
@@ -80,8 +80,11 @@ class Shim:
     """One Node shim process, driven synchronously from one thread."""
 
     def __init__(self, node: str, memory_mb: int, env: dict[str, str], repo_dir: str,
-                 script: str | None = None) -> None:
+                 script: str | None = None, launcher: Launcher | None = None) -> None:
         self.node = node
+        self.launcher = launcher or Launcher(SandboxConfig(), env.get("HOME", "/tmp"))
+        self.process: SandboxProcess | None = None
+        self._gone = False
         self.memory_mb = memory_mb
         self.env = dict(env)
         self.repo_dir = repo_dir
@@ -106,6 +109,7 @@ class Shim:
         executable = shutil.which(self.node, path=self.env.get("PATH") or os.environ.get("PATH"))
         if executable is None:
             raise ShimBootError(f"node binary not found: {self.node}")
+        executable = os.path.realpath(executable)
         if not os.path.isdir(self.repo_dir):
             with contextlib.suppress(OSError):
                 os.makedirs(self.repo_dir, exist_ok=True)
@@ -113,22 +117,27 @@ class Shim:
         out_r, out_w = os.pipe()
         err_r, err_w = os.pipe()
         devnull = os.open(os.devnull, os.O_RDONLY)
-        plan = [(devnull, 0), (out_w, 1), (err_w, 2), (child.fileno(), PROTOCOL_FD)]
-        for src, dst in plan:
-            if src == dst:  # dup2 onto itself keeps close-on-exec: make it inheritable instead
-                os.set_inheritable(src, True)
-        actions = [(os.POSIX_SPAWN_DUP2, src, dst) for src, dst in plan if src != dst]
+        fds = [(devnull, 0), (out_w, 1), (err_w, 2), (child.fileno(), PROTOCOL_FD)]
+        argv = [executable, *self.argv()[1:]]
         try:
-            self.pid = os.posix_spawn(executable, self.argv(), self.env, file_actions=actions)
+            self.process = self.launcher.spawn(argv, self.env,
+                                               [executable, SHIM_DIR, self.repo_dir],
+                                               self.repo_dir, fds)
         except OSError as exc:
             for fd in (out_r, err_r):
                 os.close(fd)
             parent.close()
             raise ShimBootError(f"cannot start {executable}: {exc.strerror}") from None
+        except SandboxError as exc:
+            for fd in (out_r, err_r):
+                os.close(fd)
+            parent.close()
+            raise ShimBootError(str(exc)) from None
         finally:
             for fd in (out_w, err_w, devnull):
                 os.close(fd)
             child.close()
+        self.pid = self.process.pid
         parent.setblocking(False)
         self._sock = parent
         self._fds = {"stdout": out_r, "stderr": err_r, "protocol": parent.fileno()}
@@ -157,11 +166,27 @@ class Shim:
                 return event
 
     def kill(self) -> None:
-        """SIGKILL the shim and reap it (idempotent)."""
-        if self.pid and self.returncode is None:
-            with contextlib.suppress(ProcessLookupError):
-                os.kill(self.pid, signal.SIGKILL)
-            self._reap(block=True)
+        """SIGKILL the shim's whole sandbox, reap it, and wait until every process the shim
+        started is gone (idempotent)."""
+        if self.process is None:
+            return
+        if self.returncode is None:
+            self.process.kill()
+            deadline = time.monotonic() + 2.0  # bwrap follows its sandbox's pid 1 at once
+            while self.returncode is None and time.monotonic() < deadline:
+                self._reap(block=False)
+                if self.returncode is None:
+                    time.sleep(0.002)
+            if self.returncode is None:
+                self.process.kill_child()
+                self._reap(block=True)
+        if not self._gone:
+            self._gone = self.process.wait_gone()
+
+    def kill_strays(self) -> int:
+        """Kill every process in the sandbox but the shim (context mode, after a run): how many
+        there were. SandboxError if they keep coming back."""
+        return self.process.kill_strays() if self.process is not None else 0
 
     def close(self) -> None:
         """Ask the shim to exit, give it a moment, kill it if needed, release every fd."""
@@ -185,13 +210,13 @@ class Shim:
         if self._sock is not None:
             self._sock.close()
             self._sock = None
+        if self.process is not None and self._gone:
+            self.launcher.release(self.process)  # its uid is free for the next shim
+            self.process = None
 
     def rss_bytes(self) -> int:
-        """Resident memory of the shim now (0 if it is gone)."""
-        try:
-            return int(psutil.Process(self.pid).memory_info().rss)
-        except (psutil.Error, ValueError):
-            return 0
+        """Resident memory of the shim now, with every process in its sandbox (0 if gone)."""
+        return self.process.rss_bytes() if self.process is not None else 0
 
     # ---- messages ------------------------------------------------------------------------------
 
@@ -329,7 +354,10 @@ class Shim:
             self.returncode = -1
             return
         if pid == self.pid:
-            self.returncode = os.waitstatus_to_exitcode(status)
+            code = os.waitstatus_to_exitcode(status)
+            if self.process is not None and self.process.sandboxed and 128 < code < 160:
+                code = 128 - code  # bwrap reports a signal death as 128+N: say it as Popen does
+            self.returncode = code
 
     def _reap_within(self, seconds: float) -> None:
         """Wait for the exit of a shim that closed its end; kill it if it lingers."""

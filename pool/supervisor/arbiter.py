@@ -51,6 +51,7 @@ from pool.executor.protocol import (
     RUN_COMPLETE,
     SHIM_LOST,
 )
+from pool.executor.sandbox import describe as describe_sandbox
 from pool.lightning.phoenix import PhoenixSocket, Push, Reply
 from pool.lightning.queue_channel import QueueChannel
 from pool.lightning.tokens import RunTokenError
@@ -279,7 +280,7 @@ class Arbiter:
             runs_by_reason=dict(self.runs_by_reason), queue_joined=self.queue_joined,
             draining=self.draining or self.paused, size=self.size, pid=os.getpid(), connected=self.connected,
             active_runs=tuple(self.sessions), counters=dict(self.counters),
-            stopping=self.draining)
+            stopping=self.draining, sandbox=self.config.sandbox)
         for hook in self.snapshot_hooks:  # e.g. systemd's notifications (notify.py)
             try:
                 hook(self._snapshot)
@@ -471,15 +472,35 @@ class Arbiter:
                     slot.handle.cancel(slot.run_id)
 
     # -- executors ---------------------------------------------------------------------------------
-    def spawn_executor(self) -> ExecutorSlot:
+    def spawn_executor(self) -> ExecutorSlot | None:
+        picked = self.slot_init()
+        if picked is None:
+            log.error("no executor started: --sandbox-uids %s has no two free uids left "
+                      "(two per executor)", self.config.sandbox_uids)
+            return None
+        init, uid_index = picked
         slot_id, self._next_slot_id = self._next_slot_id, self._next_slot_id + 1
-        slot = spawn_slot(slot_id, self.config.executor_init, self.config.boot_timeout,
-                          self.loop, self.post)
+        slot = spawn_slot(slot_id, init, self.config.boot_timeout, self.loop, self.post)
+        slot.uid_index = uid_index
         self.slots[slot_id] = slot
         self._stale = True
         log.info("executor %s spawned (pid %s)", slot_id, slot.pid,
                  extra={"executor_pid": slot.pid})
         return slot
+
+    def slot_init(self) -> tuple[dict[str, Any], int | None] | None:
+        """The ``init`` for a new executor: in the uid sandbox, with two uids no live executor
+        holds (the lowest free pair, so a respawn reuses its predecessor's, never a live one's)."""
+        init = self.config.executor_init
+        if self.config.sandbox_uids is None:
+            return init, None
+        held = {s.uid_index for s in self.slots.values() if s.state != DEAD}
+        index = next(i for i in range(len(self.slots) + 1) if i not in held)
+        uids = self.config.sandbox_uids
+        if 2 * index + 1 >= len(uids):
+            return None
+        pair = [uids[2 * index], uids[2 * index + 1]]
+        return dict(init, sandbox=dict(init["sandbox"], uids=pair)), index
 
     def manage_executors(self) -> None:
         """Keep ``size`` executors of the current generation alive, unless stopping: respawn
@@ -971,6 +992,9 @@ def start_command(settings: Any) -> int:
              or "none")
     for line in settings.describe():
         log.debug("setting %s", line)
+    if config.sandbox_warning:
+        log.warning("%s", config.sandbox_warning)
+    log.info("sandbox %s", describe_sandbox(config.sandbox))
     arbiter = Arbiter(config, reload=settings_reloader(settings))
     try:
         with serve_observers(arbiter, settings):

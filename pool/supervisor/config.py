@@ -17,6 +17,7 @@ from typing import Any
 from pool import __version__
 from pool.adaptors import TAGS, AdaptorError, AdaptorRepo, Allowlist, parse_specifier
 from pool.executor.config import ISOLATION_MODES, init_message
+from pool.executor.sandbox import SandboxError, base_config, choose, parse_uid_range
 from pool.executor.shim import SHIM_SCRIPT
 from pool.lightning.phoenix import build_socket_url
 from pool.lightning.plan import COLLECTIONS_ADAPTOR, Collections, RunDefaults
@@ -84,6 +85,9 @@ class SupervisorConfig:
     state_dir: str = ""
     journal_identity: str = ""
     state_fsync: bool = False
+    sandbox: str = "none"  # the checked sandbox mode (pool.executor.sandbox)
+    sandbox_uids: range | None = None  # uid mode: the range slots take two uids each from
+    sandbox_warning: str | None = None
 
     @property
     def size(self) -> int:
@@ -134,6 +138,9 @@ def load_config(settings: Any, worker_id: str | None = None) -> SupervisorConfig
     state_dir = check_state_dir(settings.state_dir, settings.repo_dir)
     collections = resolve_collections(settings)
     graceful = settings.graceful_timeout
+    sandbox, sandbox_uids, sandbox_warning = check_sandbox(settings, sum(
+        loop.capacity for loop in workloops))
+    executor_init = init_message(settings, sandbox=sandbox)
     return SupervisorConfig(
         socket_url=url,
         secret_digest=hashlib.sha256(settings.secret.encode()).hexdigest(),
@@ -145,7 +152,7 @@ def load_config(settings: Any, worker_id: str | None = None) -> SupervisorConfig
         verifier=verifier,
         defaults=RunDefaults.from_settings(settings),
         collections=collections,
-        executor_init=init_message(settings),
+        executor_init=executor_init,
         message_timeout=float(settings.message_timeout),
         claim_timeout=float(settings.claim_timeout),
         boot_timeout=float(settings.boot_timeout),
@@ -159,6 +166,9 @@ def load_config(settings: Any, worker_id: str | None = None) -> SupervisorConfig
         state_dir=state_dir,
         journal_identity=pool_identity(settings.worker_name or None, int(settings.port)),
         state_fsync=bool(settings.state_fsync),
+        sandbox=sandbox["mode"],
+        sandbox_uids=sandbox_uids,
+        sandbox_warning=sandbox_warning,
     )
 
 
@@ -217,6 +227,23 @@ def check_state_dir(state_dir: str, repo_dir: str) -> str:
                                "shim's sandbox can read: the journal holds run tokens; choose "
                                "a directory outside it")
     return str(path)
+
+
+def check_sandbox(settings: Any, size: int) -> tuple[dict[str, Any], range | None, str | None]:
+    """The sandbox every shim will run in, tried once now: ``(init field, uid range, warning)``.
+    An explicit mode that cannot work, or ``strict`` with none available, is exit 2."""
+    try:
+        config, warning = choose(settings.sandbox, settings.isolation, settings.node,
+                                 settings.repo_dir, base_config(settings))
+    except SandboxError as exc:
+        raise StartupError(f"--sandbox {settings.sandbox}: {exc}") from None
+    uids = None
+    if config.mode == "uid":
+        uids = parse_uid_range(settings.sandbox_uids)
+        if len(uids) < 2 * size:
+            raise StartupError(f"--sandbox-uids {settings.sandbox_uids}: {len(uids)} uids are "
+                               f"too few for {size} executors (two each)")
+    return config.to_message(), uids, warning
 
 
 def resolve_collections(settings: Any) -> Collections | None:

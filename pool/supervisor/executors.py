@@ -56,6 +56,7 @@ class ExecutorSlot:
     ready: dict[str, Any] = field(default_factory=dict)
     boot_failure: str | None = None
     fd: int = -1  # the socket's descriptor as registered with the loop (unregister before close)
+    uid_index: int | None = None  # uid sandbox: which two uids of the range this slot's shims use
 
     @property
     def pid(self) -> int:

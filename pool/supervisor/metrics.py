@@ -52,6 +52,10 @@ class _SnapshotGauges(Collector):
                                 value=int(snap.queue_joined))
         yield GaugeMetricFamily("poolctl_draining", "1 once the pool stopped claiming.",
                                 value=int(snap.draining))
+        sandbox = GaugeMetricFamily("poolctl_sandbox", "1, labelled with the sandbox shims run "
+                                    "in (uid, namespaces or none).", labels=["mode"])
+        sandbox.add_metric([snap.sandbox or "unknown"], 1)
+        yield sandbox
 
 
 class PoolMetrics:

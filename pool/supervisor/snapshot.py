@@ -44,6 +44,7 @@ class PoolSnapshot:
     connected: bool = False  # the Lightning socket is open
     active_runs: tuple[str, ...] = ()  # run ids joined and not yet completed
     counters: Mapping[str, int] = field(default_factory=dict)  # see Arbiter.count
+    sandbox: str = ""  # the sandbox shims run in: uid | namespaces | none
 
     def executors_by_state(self) -> dict[str, int]:
         counts = Counter(e.state for e in self.executors)

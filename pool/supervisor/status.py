@@ -26,11 +26,24 @@ def process_rss(pid: int | None) -> int | None:
         return None
 
 
+def tree_rss(pid: int | None) -> int | None:
+    """Resident bytes of a process and all its descendants: a sandboxed shim's ``pid`` is
+    bwrap's, and the shim with whatever it started runs below it."""
+    own = process_rss(pid)
+    if own is None:
+        return None
+    try:
+        children = psutil.Process(pid).children(recursive=True)
+    except (psutil.Error, OSError):
+        return own
+    return own + sum(process_rss(child.pid) or 0 for child in children)
+
+
 def status_reply(snapshot: PoolSnapshot) -> dict[str, Any]:
     """The snapshot as JSON, each executor with ``rss_bytes`` (executor + shim) added."""
     data = snapshot.to_dict()
     for executor in data["executors"]:
-        parts = [process_rss(executor["pid"]), process_rss(executor.get("shim_pid"))]
+        parts = [process_rss(executor["pid"]), tree_rss(executor.get("shim_pid"))]
         known = [p for p in parts if p is not None]
         executor["rss_bytes"] = sum(known) if known else None
     return data
@@ -86,5 +99,6 @@ def render_status(reply: Mapping[str, Any], now: float | None = None) -> str:
         f"pool pid {reply.get('pid', '?')}: size {reply.get('size', '?')}, {', '.join(flags)}",
         f"claims in flight: {reply.get('claims_in_flight', 0)}",
         f"runs by reason: {reasons}",
+        f"sandbox: {reply.get('sandbox') or '?'}",
     ]
     return "\n".join(summary + [""] + lines)

@@ -13,7 +13,9 @@ from typing import Any
 
 import pytest
 
+from pool.executor.config import sandbox_message
 from pool.executor.handle import ExecutorHandle
+from pool.settings import load_settings
 
 ROOT = Path(__file__).resolve().parents[2]
 REPO = os.environ.get("WORKER_REPO_DIR") or str(ROOT / ".repo")
@@ -21,6 +23,8 @@ COMMON = "@openfn/language-common@3.3.4"
 DEADLINE = 60.0  # generous: a run here takes well under a second; boots a few seconds
 
 _ids = itertools.count()
+# the default sandbox (auto: uid as root, else namespaces; WORKER_SANDBOX chooses another)
+SANDBOX = sandbox_message(load_settings(command="execute"))
 
 
 def requires_repo() -> None:
@@ -34,7 +38,7 @@ def init(isolation: str, **overrides: Any) -> dict[str, Any]:
         "limits": {"timeout_ms": 20_000, "memory_mb": 128, "payload_mb": 10,
                    "log_payload_mb": 1},
         "prewarm": [COMMON], "adaptors": {"offline": True}, "boot_timeout": 30,
-        "recycle": {"runs": 1000, "jitter": 0, "rss_mb": 2000},
+        "recycle": {"runs": 1000, "jitter": 0, "rss_mb": 2000}, "sandbox": SANDBOX,
     }
     message.update(overrides)
     return message

@@ -114,7 +114,8 @@ class Pool:
         return [c for c in children if "pool.executor" in " ".join(c.cmdline())]
 
     def shims(self) -> list[psutil.Process]:
-        return [s for e in self.executors() for s in e.children() if is_shim(s)]
+        # the shim runs in a sandbox (bwrap's children): look below the executor
+        return [s for e in self.executors() for s in e.children(recursive=True) if is_shim(s)]
 
     def wait_size(self, size: int, exclude: set[int] = frozenset()) -> list[psutil.Process]:  # type: ignore[assignment]
         return wait_until(lambda: (len(e := [p for p in self.executors() if p.pid not in exclude])

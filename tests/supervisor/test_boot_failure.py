@@ -36,7 +36,7 @@ def _cpu_seconds(process: psutil.Process) -> float:
 def _idle_executor(executors: list[psutil.Process]) -> psutil.Process:
     """The executor whose shim is not running the busy job."""
     def shim_cpu() -> dict[int, float]:
-        return {e.pid: sum(_cpu_seconds(s) for s in e.children() if is_shim(s))
+        return {e.pid: sum(_cpu_seconds(s) for s in e.children(recursive=True) if is_shim(s))
                 for e in executors}
 
     before = shim_cpu()

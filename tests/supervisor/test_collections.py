@@ -55,7 +55,9 @@ def _versions(run: dict[str, Any]) -> dict[str, Any]:
 
 def test_latest_is_resolved_once_at_startup_through_the_adaptor_repo(lightning: DevServer,
                                                                       tmp_path: Path) -> None:
-    env = {**lightning.worker_env(), "WORKER_REPO_DIR": REPO,
+    # the sandbox is not what this checks (tests/security do): tmp_path below is 0700, which a
+    # root pool's slot uids cannot reach
+    env = {**lightning.worker_env(), "WORKER_REPO_DIR": REPO, "WORKER_SANDBOX": "none",
            "WORKER_COLLECTIONS_URL": ENDPOINT, "WORKER_ADAPTORS_OFFLINE": "true"}
     config = load_config(load_settings(env=env, command="start"))
     assert config.collections is not None

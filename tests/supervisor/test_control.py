@@ -266,7 +266,7 @@ def test_status_table() -> None:
     now = 1_000_000.0
     reply = {
         "pid": 10, "size": 2, "queue_joined": True, "draining": True, "claims_in_flight": 0,
-        "runs_by_reason": {"success": 4, "kill": 1},
+        "runs_by_reason": {"success": 4, "kill": 1}, "sandbox": "uid",
         "executors": [
             {"pid": 101, "state": "busy", "run_id": "abc", "runs_done": 4,
              "started_at": now - 3725, "rss_bytes": 52_428_800},
@@ -277,6 +277,7 @@ def test_status_table() -> None:
     lines = render_status(reply, now=now).splitlines()
     assert lines[0] == "pool pid 10: size 2, draining, queue joined"
     assert lines[2] == "runs by reason: kill=1, success=4"
-    assert lines[4].split() == ["PID", "STATE", "RUN", "RUNS", "RSS", "AGE"]
-    assert lines[5].split() == ["101", "busy", "abc", "4", "50.0MiB", "1h02m"]
-    assert lines[6].split() == ["102", "booting", "-", "0", "-", "2s"]
+    assert lines[3] == "sandbox: uid"
+    assert lines[5].split() == ["PID", "STATE", "RUN", "RUNS", "RSS", "AGE"]
+    assert lines[6].split() == ["101", "busy", "abc", "4", "50.0MiB", "1h02m"]
+    assert lines[7].split() == ["102", "booting", "-", "0", "-", "2s"]

@@ -1,0 +1,127 @@
+"""The sandbox a pool runs in is said at start-up, in ``poolctl status`` and on /metrics; one that
+cannot work is refused with the reason (exit 2), never silently replaced."""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import subprocess
+import sys
+import tempfile
+import urllib.request
+
+import psutil
+
+from pool.supervisor.control import request
+from tests.security.conftest import PIDS, SIZE, Target
+from tests.supervisor.conftest import (
+    DEADLINE,
+    REPO,
+    ROOT,
+    free_port,
+    job,
+    plan,
+    wait_run,
+    wait_until,
+)
+
+
+def expected_mode(target: Target) -> str:
+    if not target.sandboxed:
+        return "none"
+    return "uid" if os.geteuid() == 0 else "namespaces"
+
+
+def test_the_sandbox_is_logged_shown_in_status_and_on_metrics(target: Target) -> None:
+    mode = expected_mode(target)
+    assert f"sandbox {mode}: " in target.pool.output
+    if mode == "none":
+        assert "--sandbox none: strict runs each job in a fresh shim but NOT in a sandbox" in (
+            target.pool.output)
+    assert request(target.control_socket, "status")["sandbox"] == mode
+    with urllib.request.urlopen(f"http://127.0.0.1:{target.pool.port}/metrics", timeout=10) as r:
+        metrics = r.read().decode()
+    assert f'poolctl_sandbox{{mode="{mode}"}} 1.0' in metrics
+    result = subprocess.run([sys.executable, str(ROOT / "bin" / "poolctl"), "status",
+                             "--port", str(target.pool.port)],
+                            capture_output=True, text=True, timeout=DEADLINE, cwd=ROOT)
+    assert f"sandbox: {mode}" in result.stdout, result.stdout + result.stderr
+
+
+def test_an_explicit_sandbox_that_cannot_work_exits_2() -> None:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
+    env.update(WORKER_SECRET="s3cret", WORKER_REPO_DIR=REPO)
+    args = ["--sandbox", "uid", "--port", str(free_port()), "--http-host", "127.0.0.1"]
+    with tempfile.TemporaryDirectory() as private:
+        if os.geteuid() == 0:  # root may use uid, but its slot uids cannot reach a 0700 repo
+            os.chmod(private, 0o700)
+            repo = os.path.join(private, "repo")
+            os.mkdir(repo)
+            args += ["--repo-dir", repo]
+            why = "Permission denied"
+        else:
+            why = "needs the pool to run as root"
+        result = subprocess.run([sys.executable, str(ROOT / "bin" / "poolctl"), "start", *args],
+                                capture_output=True, text=True, timeout=DEADLINE, env=env,
+                                cwd=ROOT)
+    assert result.returncode == 2, result.stdout + result.stderr
+    assert "--sandbox uid" in result.stderr and why in result.stderr, result.stderr
+
+
+def test_shims_run_under_uids_of_their_slot_alternating(target: Target) -> None:
+    """Root (uid): while a run executes, its shim and the standby that takes the next run have
+    two different uids of the executor's own; namespaces and none: the pool's own uid."""
+    body = "fn(state => new Promise(resolve => setTimeout(() => resolve(state), 4000)));"
+    runs = [target.lightning.enqueue(plan(job(body))) for _ in range(SIZE)]
+
+    def uids_per_executor() -> dict[int, list[int]] | None:
+        seen = {}
+        for executor in target.pool.executors():
+            with contextlib.suppress(psutil.Error):
+                seen[executor.pid] = sorted(p.uids().real for p in
+                                            executor.children(recursive=True)
+                                            if p.name() == "node")
+        return seen if len(seen) == SIZE and all(len(u) == 2 for u in seen.values()) else None
+
+    seen = wait_until(uids_per_executor, "a running shim and a standby in every executor")
+    for run_id in runs:
+        wait_run(target.lightning, run_id)
+    if expected_mode(target) != "uid":
+        assert {uid for uids in seen.values() for uid in uids} == {os.geteuid()}, seen
+        return
+    pairs = [set(uids) for uids in seen.values()]
+    assert all(len(pair) == 2 for pair in pairs), seen  # running and standby differ
+    assert not set.intersection(*pairs), seen  # no uid shared between executors
+    assert all(880000 <= uid <= 889999 for pair in pairs for uid in pair), seen
+
+
+def soft_limits(pid: int) -> dict[str, int | str]:
+    """The soft process, open-file and file-size limits of ``pid`` (``/proc/<pid>/limits``)."""
+    names = {"Max processes": "nproc", "Max open files": "nofile", "Max file size": "fsize"}
+    out: dict[str, int | str] = {}
+    with open(f"/proc/{pid}/limits") as fh:
+        for line in fh:
+            for label, name in names.items():
+                if line.startswith(label):
+                    soft = line[len(label):].split()[0]
+                    out[name] = int(soft) if soft.isdigit() else soft
+    return out
+
+
+def test_shims_carry_the_sandbox_limits(target: Target) -> None:
+    """Sandboxed shims: tasks, open files and file size limited, first in the OOM killer's line;
+    with none, the pool's own limits and OOM score."""
+    def shims() -> list[psutil.Process] | None:
+        found = [p for e in target.pool.executors() for p in e.children(recursive=True)
+                 if p.name() == "node"]
+        return found if len(found) >= SIZE else None
+
+    for shim in wait_until(shims, "a shim per executor"):
+        with open(f"/proc/{shim.pid}/oom_score_adj") as fh:
+            oom = int(fh.read())
+        limits = soft_limits(shim.pid)
+        if target.sandboxed:
+            assert oom == 1000
+            assert limits == {"nproc": PIDS, "nofile": 1024, "fsize": 256 * 1024 * 1024}, limits
+        else:
+            assert oom < 1000 and limits["nproc"] != PIDS, (oom, limits)
