@@ -64,7 +64,8 @@ def wait_until(check: Callable[[], Any], what: str, deadline: float = DEADLINE) 
 def is_shim(proc: psutil.Process) -> bool:
     """A shim (not the pool's ``node prepare.mjs``, which an executor also starts)."""
     try:
-        return any(arg.endswith("shim.mjs") for arg in proc.cmdline())
+        # Node itself, not the bubblewrap or setpriv around it (their argv names the script too)
+        return proc.name() == "node" and any(arg.endswith("shim.mjs") for arg in proc.cmdline())
     except psutil.Error:
         return False
 

@@ -99,7 +99,9 @@ def test_bad_bounds_are_refused_with_a_clear_message(env: dict[str, str], messag
     from pool.settings import load_settings
     from pool.supervisor.config import StartupError, load_config
 
-    base = {"WORKER_SECRET": "s" * 32, "WORKER_LIGHTNING_SERVICE_URL": "ws://127.0.0.1:1/worker"}
+    # the bounds are under test, not the sandbox (whose start-up probe needs a usable repo)
+    base = {"WORKER_SECRET": "s" * 32, "WORKER_LIGHTNING_SERVICE_URL": "ws://127.0.0.1:1/worker",
+            "WORKER_SANDBOX": "none"}
     with pytest.raises(StartupError, match=re.escape(message)) as info:
         load_config(load_settings(env={**base, **env}, command="start"))
     assert info.value.exit_code == 2
