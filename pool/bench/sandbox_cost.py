@@ -65,7 +65,7 @@ def _timed(action: Callable[[], float]) -> tuple[float, float]:
 
 def shim_start(launcher: Launcher, node: str, repo_dir: str, env: dict[str, str]) -> float:
     """Start a shim up to ``ready``; the CPU seconds its whole process tree used so far."""
-    shim = Shim(node, 256, env, repo_dir, launcher)
+    shim = Shim(node, 256, env, repo_dir, launcher=launcher)
     try:
         shim.start()
         shim.wait_ready(60)

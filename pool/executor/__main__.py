@@ -51,6 +51,10 @@ def main(argv: list[str] | None = None) -> int:
     # before any run's credentials arrive: a job escaped into a shim of the same uid must not
     # read this process's memory (pool/undumpable.py)
     make_undumpable()
+    # the OOM killer takes executors and their shims (which inherit this) before the supervisor
+    from pool.executor.sandbox import raise_oom_score
+
+    raise_oom_score()
     if not die_with_parent(args.parent_pid):
         return 0
     # Ctrl-C in a terminal reaches the whole group: the supervisor decides, not us

@@ -22,7 +22,7 @@ executor holds (``UidPair``), so the running shim and the standby always differ.
 Why ``posix_spawn``: the protocol fd must be exactly 3 in the child. Its dup2 file actions
 place descriptors without ``preexec_fn`` (unsafe in a process with threads); every other
 descriptor of ours is close-on-exec. The uid change, the death signal and the limits are done
-by small programs in the exec chain (setpriv, choom, prlimit), for the same reason.
+by small programs in the exec chain (setpriv, prlimit), for the same reason.
 """
 
 from __future__ import annotations

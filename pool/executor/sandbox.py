@@ -26,6 +26,7 @@ in it, so the kernel's OOM killer takes a shim before the supervisor.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import pwd
@@ -196,7 +197,7 @@ def _user_name(uid: int) -> str:
 
 @functools.cache
 def tool(name: str) -> str:
-    """The absolute path of a helper program (bwrap, setpriv, prlimit, choom), or SandboxError."""
+    """The absolute path of a helper program (bwrap, setpriv, prlimit), or SandboxError."""
     found = shutil.which(name, path="/usr/bin:/bin:/usr/sbin:/sbin:/usr/local/bin")
     if found is None:
         hint = "apt-get install bubblewrap" if name == "bwrap" else "apt-get install util-linux"
@@ -258,17 +259,26 @@ def wrap(config: SandboxConfig, argv: list[str], env: dict[str, str],
          binds: list[tuple[str, str]], cwd: str, files: SandboxFiles, uid: int | None,
          info_fd: int | None = INFO_FD) -> list[str]:
     """The full command for one shim: ``argv`` itself in ``none`` mode, else the chain
-    ``[setpriv (uid mode)] choom bwrap … prlimit … argv``."""
+    ``[setpriv (uid mode)] bwrap … prlimit … argv``. (``oom_score_adj`` needs no program of
+    its own: the executor raised its own, and every shim inherits it — ``raise_oom_score``.)"""
     if config.mode == "none":
         return list(argv)
-    chain = [tool("choom"), "-n", str(OOM_SCORE_ADJ), "--",
-             *bwrap_args(config, argv, env, binds, cwd, files, info_fd)]
+    chain = bwrap_args(config, argv, env, binds, cwd, files, info_fd)
     if config.mode == "uid":
         if uid is None:
             raise SandboxError("uid mode without a uid for this shim")
         chain = [tool("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                  "--no-new-privs", "--pdeathsig=KILL", "--", *chain]
     return chain
+
+
+def raise_oom_score(path: str = "/proc/self/oom_score_adj") -> None:
+    """Make this process, and so every shim it starts (the value is inherited across fork,
+    exec and setuid), the OOM killer's first choice, so it never picks the supervisor. Raising
+    it needs no privilege, and a job cannot lower it again (that needs CAP_SYS_RESOURCE). Done
+    once by the executor instead of a ``choom`` exec in each shim's start-up chain."""
+    with contextlib.suppress(OSError), open(path, "w", encoding="ascii") as fh:
+        fh.write(str(OOM_SCORE_ADJ))
 
 
 def _under(path: str, root: str) -> bool:
