@@ -48,13 +48,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--parent-pid", type=int, default=None,
                         help="the supervisor's pid: exit at once if it is already gone")
     args = parser.parse_args(argv)
-    # before any run's credentials arrive: a job escaped into a shim of the same uid must not
-    # read this process's memory (pool/undumpable.py)
-    make_undumpable()
-    # the OOM killer takes executors and their shims (which inherit this) before the supervisor
+    # the OOM killer takes executors and their shims (which inherit this) before the supervisor;
+    # first, while /proc/self is still ours: a process that is not dumpable has its /proc files
+    # owned by root, and a non-root executor could no longer write them
     from pool.executor.sandbox import raise_oom_score
 
     raise_oom_score()
+    # before any run's credentials arrive: a job escaped into a shim of the same uid must not
+    # read this process's memory (pool/undumpable.py)
+    make_undumpable()
     if not die_with_parent(args.parent_pid):
         return 0
     # Ctrl-C in a terminal reaches the whole group: the supervisor decides, not us
