@@ -47,7 +47,6 @@ from pool.executor.launcher import Launcher
 from pool.executor.prepared import PreparedForms
 from pool.executor.sandbox import SandboxError
 from pool.executor.shim import Shim, ShimBootError
-from pool.executor.shim_watch import is_alive
 from pool.prepare import is_prepared
 
 # why a shim was replaced: the ``recycled`` message's ``cause``
@@ -342,7 +341,7 @@ class Strict(Mode):
             shim = self.standby.take(self.factory.boot_timeout * 2)
         except ShimBootError:  # the standby failed: this run boots its own, the next retries
             shim = self.factory.boot(memory_mb, adaptors)
-        if not is_alive(shim.pid):  # killed while the previous run executed: never hand it on
+        if not shim.shim.alive():  # killed while the previous run executed: never hand it on
             _dead(shim)
             shim = self.factory.boot(memory_mb, adaptors)
         self.recent = list(dict.fromkeys([*self.factory.prewarm, *adaptors]))
@@ -380,7 +379,7 @@ class Context(Mode):
         assert self.shim is not None
         if memory_mb > self.shim.memory_mb:
             return self.factory.boot(memory_mb, []), True
-        if not is_alive(self.shim.pid):  # died since the watcher last looked
+        if not self.shim.shim.alive():  # died since the watcher last looked
             _dead(self.shim)
             self.boot()
         self.recent = list(dict.fromkeys([*self.recent, *adaptors]))

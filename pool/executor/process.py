@@ -25,7 +25,7 @@ from pool.executor.config import ConfigError, ExecutorConfig, Limits
 from pool.executor.drive import RunDriver, RunEnd, send_run_complete
 from pool.executor.handle import BOOT_FAILED
 from pool.executor.inbox import EOF, MESSAGE, SHIM_DIED, WAKE, Inbox
-from pool.executor.shim_watch import ShimWatch, is_alive
+from pool.executor.shim_watch import ShimWatch
 
 MB = 1024 * 1024
 DEFAULT_STATE_PROPS_TO_REMOVE = ("configuration", "response")  # ws-worker's default
@@ -195,7 +195,7 @@ class Executor:
             except ShimBootError as exc:
                 raise BootFailure(f"the standby shim did not start: {_one_line(exc)}") from None
         idle = self.mode.idle() if self.mode is not None else None
-        if idle is not None and not is_alive(idle.pid):  # e.g. a standby killed during a run
+        if idle is not None and not idle.shim.alive():  # e.g. a standby killed during a run
             self._replace_dead_shim(idle.pid)
             return
         for recycled in self.recycled:

@@ -44,6 +44,7 @@ from typing import Any
 
 from pool.executor.launcher import Launcher, SandboxProcess
 from pool.executor.sandbox import SHIM_DIR, SandboxConfig, SandboxError
+from pool.executor.shim_watch import is_alive
 
 SHIM_SCRIPT = os.path.join(SHIM_DIR, "shim.mjs")
 PROTOCOL_FD = 3
@@ -164,6 +165,22 @@ class Shim:
                                     f"{self._last_stderr(': ')}") from None
             if event and event.get("type") == "ready":
                 return event
+
+    def alive(self) -> bool:
+        """Node itself is still running. A sandboxed shim's ``pid`` is bubblewrap's, which
+        outlives a killed Node by a few milliseconds: then the sandbox's pid 1 must still have
+        a live child (the shim). Unreadable: taken as alive, as the pid check alone was."""
+        if not is_alive(self.pid):
+            return False
+        init = self.process.init_pid if self.process is not None else None
+        if init is None:
+            return True
+        try:
+            with open(f"/proc/{init}/task/{init}/children", encoding="ascii") as fh:
+                children = [int(pid) for pid in fh.read().split()]
+        except (OSError, ValueError):
+            return is_alive(init)
+        return any(is_alive(child) for child in children)
 
     def kill(self) -> None:
         """SIGKILL the shim's whole sandbox, reap it, and wait until every process the shim

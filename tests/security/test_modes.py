@@ -125,10 +125,20 @@ def test_shims_carry_the_sandbox_limits(target: Target) -> None:
                  if p.name() == "node" and (not target.sandboxed or in_sandbox(p))]
         return found if len(found) >= SIZE else None
 
-    for shim in wait_until(shims, "a shim per executor"):
-        with open(f"/proc/{shim.pid}/oom_score_adj") as fh:
-            oom = int(fh.read())
-        limits = soft_limits(shim.pid)
+    def read(shim: psutil.Process) -> tuple[int, dict[str, int | str]] | None:
+        """Its OOM score and limits; None if it ended meanwhile (a standby replaced)."""
+        try:
+            with open(f"/proc/{shim.pid}/oom_score_adj") as fh:
+                return int(fh.read()), soft_limits(shim.pid)
+        except (OSError, psutil.Error):
+            return None
+
+    def readings() -> list[tuple[int, dict[str, int | str]]] | None:
+        found = shims()
+        read_all = [read(shim) for shim in found or []]
+        return read_all if found and all(r is not None for r in read_all) else None
+
+    for oom, limits in wait_until(readings, "a shim per executor, read"):
         assert oom == 1000
         if target.sandboxed:
             assert limits == {"nproc": PIDS, "nofile": 1024, "fsize": 256 * 1024 * 1024}, limits
