@@ -68,11 +68,7 @@ async function bundleShim(request) {
     await esbuild.build({
       entryPoints: [request.shim],
       outfile,
-      bundle: true,
-      format: 'esm',
-      platform: 'node',
-      target: `node${process.versions.node.split('.')[0]}`,
-      banner: { js: banner },
+      ...esmOptions(banner),
       logLevel: 'silent',
       legalComments: 'none',
     });
@@ -80,6 +76,17 @@ async function bundleShim(request) {
     return reply({ ok: false, reason: `esbuild failed: ${e.errors?.[0]?.text ?? e.message}` });
   }
   return reply({ ok: true, esbuild: esbuild.version, bytes: fs.statSync(outfile).size });
+}
+
+// what every bundle of ours is: one ESM file for this Node, with ``banner`` on top
+function esmOptions(banner) {
+  return {
+    bundle: true,
+    format: 'esm',
+    platform: 'node',
+    target: `node${process.versions.node.split('.')[0]}`,
+    banner: { js: banner },
+  };
 }
 
 async function main() {
@@ -108,11 +115,7 @@ async function main() {
     await esbuild.build({
       entryPoints: [entry.path],
       outfile,
-      bundle: true,
-      format: 'esm',
-      platform: 'node',
-      target: `node${process.versions.node.split('.')[0]}`,
-      banner: { js: banner },
+      ...esmOptions(banner),
       inject: [inject],
       logLevel: 'silent',
       legalComments: 'none',
