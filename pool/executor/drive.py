@@ -40,6 +40,17 @@ FORWARDED = {protocol.RUN_START, protocol.STEP_START, protocol.LOG, protocol.STE
              protocol.RUN_COMPLETE}
 
 
+class ShimLostBeforeRun(Exception):
+    """The shim exited before it said anything about the run: none of the run's code ran and
+    Lightning heard nothing, so the run can go to a fresh shim. No check before the hand-over
+    closes this race: a killed Node still tears its threads down for a while, and a shim can be
+    killed a microsecond after any check."""
+
+    def __init__(self, exited: ShimExited) -> None:
+        super().__init__(f"exit code {exited.returncode}")
+        self.exited = exited
+
+
 @dataclass(frozen=True)
 class RunEnd:
     """How a run ended, and why its shim must be replaced (the ``recycled`` cause) if so."""
@@ -71,20 +82,24 @@ class RunDriver:
         self.open_step: dict[str, Any] | None = None
         self.stop_requested = False
         self.supervisor_gone = False
+        self.heard = False  # the shim said something during this run
 
-    def drive(self, shim_message: dict[str, Any]) -> RunEnd:
+    def drive(self, shim_message: dict[str, Any], may_retry: bool = False) -> RunEnd:
+        """Run it to its end; with ``may_retry``, ShimLostBeforeRun when the shim exited before
+        saying anything (nothing is sent then)."""
         self._drain_idle_output()
         watchdog = Watchdog(self.limits.timeout_ms, self.limits.memory_mb, self.shim.rss_bytes)
         try:
             self.shim.start_run(shim_message)
         except ShimExited as exc:
-            return self._abort(self._exit_end(exc), kill=False)
+            return self._exited(exc, may_retry)
         while True:
             try:
                 event = self.shim.next_event(min(POLL, watchdog.wait_time()))
             except ShimExited as exc:
-                return self._abort(self._exit_end(exc), kill=False)
+                return self._exited(exc, may_retry)
             if event is not None:
+                self.heard = True
                 end = self._forward(event)
                 if end is not None:
                     return end
@@ -183,6 +198,11 @@ class RunDriver:
                       file=sys.stderr, flush=True)
 
     # --- endings ---------------------------------------------------------------------------------------
+    def _exited(self, exc: ShimExited, may_retry: bool) -> RunEnd:
+        if may_retry and not self.heard and not self.stop_requested:
+            raise ShimLostBeforeRun(exc)
+        return self._abort(self._exit_end(exc), kill=False)
+
     def _exit_end(self, exc: ShimExited) -> RunEnd:
         code = exc.returncode
         if exc.oom:

@@ -22,7 +22,7 @@ from typing import Any
 
 from pool.executor import noop, protocol
 from pool.executor.config import ConfigError, ExecutorConfig, Limits
-from pool.executor.drive import RunDriver, RunEnd, send_run_complete
+from pool.executor.drive import RunDriver, RunEnd, ShimLostBeforeRun, send_run_complete
 from pool.executor.handle import BOOT_FAILED
 from pool.executor.inbox import EOF, MESSAGE, SHIM_DIED, WAKE, Inbox
 from pool.executor.shim_watch import ShimWatch
@@ -259,7 +259,6 @@ class Executor:
                          limits: Limits, options: dict[str, Any]) -> None:
         from pool.adaptors import AdaptorError
         from pool.executor.isolation import adaptor_dict
-        from pool.executor.shim import ShimBootError, ShimExited
 
         specs = list(dict.fromkeys(
             spec for step in plan["workflow"]["steps"] if isinstance(step, dict)
@@ -274,12 +273,10 @@ class Executor:
                     text = f"Error installing {spec}: {text}"
                 send_run_complete(self.send, run_id, RunEnd("exception", "AutoinstallError", text))
                 return
-        try:
-            shim, dedicated = self.mode.take(limits.memory_mb, specs)
-        except (ShimBootError, ShimExited) as exc:
-            send_run_complete(self.send, run_id, RunEnd(
-                "exception", "ExecutionError", f"could not start a shim: {_one_line(exc)}"))
+        taken = self._take_shim(run_id, limits, specs)
+        if taken is None:
             return
+        shim, dedicated = taken
         shim_message = {
             "type": "run", "run_id": run_id, "plan": plan, "input": input_state,
             "adaptors": {spec: {k: v for k, v in a.items() if k != "specifier"}
@@ -295,15 +292,41 @@ class Executor:
             },
         }
         driver = RunDriver(shim.shim, run_id, limits, self.send, self.inbox)
-        end = driver.drive(shim_message)
-        cause = self.mode.finish(shim, dedicated, end.recycle)
-        if cause is not None:
-            self.recycled.append({"type": protocol.RECYCLED, "cause": cause,
-                                  "old_shim_pid": shim.pid})
+        try:
+            end = driver.drive(shim_message, may_retry=True)
+        except ShimLostBeforeRun as lost:
+            print(f"executor: shim {shim.pid} died before it read run {run_id} ({lost}); "
+                  "a fresh shim takes the run", file=sys.stderr, flush=True)
+            self._dispose(shim, dedicated, "crash")
+            taken = self._take_shim(run_id, limits, specs)
+            if taken is None:
+                return
+            shim, dedicated = taken
+            driver = RunDriver(shim.shim, run_id, limits, self.send, self.inbox)
+            end = driver.drive(shim_message)
+        self._dispose(shim, dedicated, end.recycle)
         if driver.stop_requested:
             self.stopping = True
         if driver.supervisor_gone:
             raise SupervisorGone("the supervisor closed the socket during a run")
+
+    def _take_shim(self, run_id: str, limits: Limits, specs: list[str]) -> tuple[Any, bool] | None:
+        """The mode's shim for the run; None once the run was reported (no shim could start)."""
+        from pool.executor.shim import ShimBootError, ShimExited
+
+        try:
+            return self.mode.take(limits.memory_mb, specs)
+        except (ShimBootError, ShimExited) as exc:
+            send_run_complete(self.send, run_id, RunEnd(
+                "exception", "ExecutionError", f"could not start a shim: {_one_line(exc)}"))
+            return None
+
+    def _dispose(self, shim: Any, dedicated: bool, recycle: str | None) -> None:
+        """Hand a shim back to the mode after a run; a replaced one is reported ``recycled``."""
+        cause = self.mode.finish(shim, dedicated, recycle)
+        if cause is not None:
+            self.recycled.append({"type": protocol.RECYCLED, "cause": cause,
+                                  "old_shim_pid": shim.pid})
 
     def close(self) -> None:
         if self.watch is not None:

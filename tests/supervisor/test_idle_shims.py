@@ -10,6 +10,7 @@ import urllib.request
 import psutil
 
 from pool.devserver.server import DevServer
+from pool.supervisor.control import default_control_socket, request
 from tests.supervisor.conftest import HELLO_BODY, events, job, plan, wait_run, wait_until
 
 SPIN_BODY = "fn(state => { while (true) {} });"
@@ -19,6 +20,10 @@ def metric(pool, name: str) -> float:
     with urllib.request.urlopen(f"http://127.0.0.1:{pool.port}/metrics", timeout=10) as resp:
         text = resp.read().decode()
     return float(next(ln for ln in text.splitlines() if ln.startswith(name + " ")).split()[-1])
+
+
+def control(pool, cmd: str) -> dict:
+    return request(default_control_socket(pool.port), cmd)
 
 
 def dead(process: psutil.Process) -> bool:
@@ -56,6 +61,30 @@ def test_a_run_sent_as_soon_as_the_idle_shim_died_succeeds(lightning: DevServer,
     wait_until(lambda: dead(shim), "the shim to be dead")
     run = wait_run(lightning, lightning.enqueue(plan(job(HELLO_BODY))))
     assert run["state"] == "success", run
+    assert pool.stop() == 0
+
+
+def test_a_shim_that_dies_as_the_run_reaches_it_hands_the_run_to_a_fresh_one(
+        lightning: DevServer, start_pool) -> None:
+    """No check before the hand-over can close the race (Node is still tearing its threads
+    down, or is killed a microsecond after the check): a shim that exits before it said
+    anything about the run ran none of its code, so the run goes to a fresh shim."""
+    pool = start_pool("--size", "1")
+    assert wait_run(lightning, lightning.enqueue(plan(job(HELLO_BODY))))["state"] == "success"
+    (shim,) = wait_until(lambda: len(s := pool.shims()) == 1 and s, "the warm shim")
+    shim.send_signal(signal.SIGSTOP)  # alive to every check, but it reads nothing
+    try:
+        run_id = lightning.enqueue(plan(job(HELLO_BODY)))
+        wait_until(lambda: [e["run_id"] for e in control(pool, "status")["executors"]]
+                   == [run_id], "the executor to take the run")
+        time.sleep(0.5)  # the hand-over to the shim takes microseconds after that
+        shim.send_signal(signal.SIGKILL)
+    finally:
+        shim.send_signal(signal.SIGCONT)
+    run = wait_run(lightning, run_id)
+    assert run["state"] == "success", run
+    assert events(run).count("run:start") == 1
+    assert "died before it read run" in pool.output
     assert pool.stop() == 0
 
 
