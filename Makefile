@@ -29,8 +29,8 @@ $(REPO)/.stamp: $(BIN)/.stamp Makefile
 	$(BIN)/poolctl install --repo-dir $(REPO) $(TEST_ADAPTORS)
 	touch $@
 
-# the OS sandbox shims run in (pool/executor/sandbox.py) and npm's (pool/npm_sandbox.py): bubblewrap, plus util-linux's setpriv,
-# and prlimit (Debian's util-linux has them). As root with apt (CI) it is installed; else
+# the OS sandbox shims run in (pool/executor/sandbox.py) and npm's (pool/npm_sandbox.py): bubblewrap, plus util-linux's
+# setpriv (Debian's util-linux has it). As root with apt (CI) it is installed; else
 # this says what is missing, and `poolctl start` refuses strict without it (--sandbox none).
 sandbox-tools:
 	@if ! command -v bwrap >/dev/null; then \
@@ -43,7 +43,7 @@ sandbox-tools:
 	      "'apt-get install bubblewrap'" >&2; \
 	  fi; \
 	fi
-	@for t in setpriv prlimit; do command -v $$t >/dev/null || \
+	@for t in setpriv; do command -v $$t >/dev/null || \
 	  echo "WARNING: $$t (util-linux) is missing: the sandbox needs it" >&2; done
 
 setup: sandbox-tools $(BIN)/.stamp $(SHIM)/node_modules/.stamp $(REPO)/.stamp

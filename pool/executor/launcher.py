@@ -21,8 +21,9 @@ executor holds (``UidPair``), so the running shim and the standby always differ.
 
 Why ``posix_spawn``: the protocol fd must be exactly 3 in the child. Its dup2 file actions
 place descriptors without ``preexec_fn`` (unsafe in a process with threads); every other
-descriptor of ours is close-on-exec. The uid change, the death signal and the limits are done
-by small programs in the exec chain (setpriv, prlimit), for the same reason.
+descriptor of ours is close-on-exec. The uid change and the death signal are done by a small
+program in the exec chain (setpriv), for the same reason; the limits need no program at all
+(``impose_limits``: on the executor itself in uid mode, on the ready shim in namespaces mode).
 """
 
 from __future__ import annotations
@@ -45,6 +46,7 @@ from pool.executor.sandbox import (
     SandboxError,
     SandboxFiles,
     bind_plan,
+    impose_limits,
     wrap,
 )
 
@@ -117,6 +119,12 @@ class SandboxProcess:
             os.close(fd)
 
     # --- reading --------------------------------------------------------------------------------
+    def init_children(self) -> list[int]:
+        """Host pids of the children of the sandbox's pid 1 (the shim, while it lives; a zombie
+        stays listed until reaped). OSError/ValueError when they cannot be read."""
+        with open(f"/proc/{self.init_pid}/task/{self.init_pid}/children", encoding="ascii") as fh:
+            return [int(pid) for pid in fh.read().split()]
+
     def processes(self) -> list[int]:
         """Pids (as the sandbox numbers them) of every process in the sandbox; [] if gone."""
         if self.init_pid is None:
@@ -233,6 +241,8 @@ class Launcher:
             # able to pass through it to bind them
             os.chmod(home, 0o711)
             self.files = SandboxFiles.make(config.uids or [os.getuid()], home, parent=home)
+        if config.mode == "uid":
+            impose_limits(config)  # inherited by every shim; root's own forks are exempt
 
     @property
     def mode(self) -> str:
@@ -271,6 +281,21 @@ class Launcher:
             if info_w is not None:
                 os.close(info_w)
         return SandboxProcess(pid, info_r, uid)
+
+    def confine(self, process: SandboxProcess) -> None:
+        """Called once the shim is ready, before any run reaches it: in namespaces mode, set
+        the sandbox's limits on every process in it (the shim; bwrap's pid 1 forks no more).
+        SandboxError if the kernel refuses: a shim without its limits never takes a run."""
+        if self.config.mode != "namespaces" or process.init_pid is None:
+            return
+        try:
+            pids = process.init_children()
+            if not pids:
+                raise OSError("the shim has exited")
+            for pid in (process.init_pid, *pids):
+                impose_limits(self.config, pid)
+        except (OSError, ValueError) as exc:
+            raise SandboxError(f"could not set the sandbox's limits on the shim: {exc}") from None
 
     def release(self, process: SandboxProcess) -> None:
         """The shim is gone: its uid may be taken by the next one."""

@@ -18,10 +18,10 @@ operating system keeps tenants apart. ``--sandbox`` chooses how (docs/design/san
 ``auto``        ``uid`` when root, else ``namespaces`` (the default).
 ``none``        the shim runs as the pool's own process, as before: nothing above holds.
 
-Limits inside every sandbox (``prlimit`` after the user namespace exists, so the process count
-is the sandbox's own, not the uid's): tasks (``RLIMIT_NPROC``; uid 0 is exempt from it, which
-is why a root pool uses ``uid``), open files, file size; ``oom_score_adj`` 1000 on everything
-in it, so the kernel's OOM killer takes a shim before the supervisor.
+Limits inside every sandbox (``impose_limits``: set so the process count is the sandbox's own,
+not the uid's): tasks (``RLIMIT_NPROC``; uid 0 is exempt from it, which is why a root pool uses
+``uid``), open files, file size; ``oom_score_adj`` 1000 on everything in it, so the kernel's OOM
+killer takes a shim before the supervisor.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import contextlib
 import functools
 import os
 import pwd
+import resource
 import shutil
 import subprocess
 import tempfile
@@ -197,7 +198,7 @@ def _user_name(uid: int) -> str:
 
 @functools.cache
 def tool(name: str) -> str:
-    """The absolute path of a helper program (bwrap, setpriv, prlimit), or SandboxError."""
+    """The absolute path of a helper program (bwrap, setpriv), or SandboxError."""
     found = shutil.which(name, path="/usr/bin:/bin:/usr/sbin:/sbin:/usr/local/bin")
     if found is None:
         hint = "apt-get install bubblewrap" if name == "bwrap" else "apt-get install util-linux"
@@ -249,9 +250,7 @@ def bwrap_args(config: SandboxConfig, argv: list[str], env: dict[str, str],
         args += ["--size", size, "--tmpfs", home]
     for source, dest in binds:
         args += ["--ro-bind", source, dest]
-    args += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", cwd, "--",
-             tool("prlimit"), f"--nproc={config.pids}", f"--nofile={config.nofile}",
-             f"--fsize={config.fsize_mb * 1024 * 1024}", "--"]
+    args += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", cwd, "--"]
     return args + argv
 
 
@@ -259,7 +258,8 @@ def wrap(config: SandboxConfig, argv: list[str], env: dict[str, str],
          binds: list[tuple[str, str]], cwd: str, files: SandboxFiles, uid: int | None,
          info_fd: int | None = INFO_FD) -> list[str]:
     """The full command for one shim: ``argv`` itself in ``none`` mode, else the chain
-    ``[setpriv (uid mode)] bwrap … prlimit … argv``. (``oom_score_adj`` needs no program of
+    ``[setpriv (uid mode)] bwrap … argv`` (the limits are set without a program of their own:
+    ``impose_limits``). (``oom_score_adj`` needs no program of
     its own: the executor raised its own, and every shim inherits it — ``raise_oom_score``.)"""
     if config.mode == "none":
         return list(argv)
@@ -270,6 +270,33 @@ def wrap(config: SandboxConfig, argv: list[str], env: dict[str, str],
         chain = [tool("setpriv"), f"--reuid={uid}", f"--regid={uid}", "--clear-groups",
                  "--no-new-privs", "--pdeathsig=KILL", "--", *chain]
     return chain
+
+
+def limit_values(config: SandboxConfig) -> list[tuple[int, int]]:
+    """``(resource, value)`` of every limit a sandbox's processes carry (soft = hard)."""
+    return [(resource.RLIMIT_NPROC, config.pids), (resource.RLIMIT_NOFILE, config.nofile),
+            (resource.RLIMIT_FSIZE, config.fsize_mb * 1024 * 1024)]
+
+
+def impose_limits(config: SandboxConfig, pid: int = 0) -> None:
+    """Set the sandbox's limits on process ``pid`` (0: this one), soft and hard alike, so a job
+    cannot raise them again. OSError when the kernel refuses.
+
+    Where it is called decides what the task count counts. The kernel counts tasks per uid *per
+    user namespace* and checks every level up: a namespace remembers its creator's
+    RLIMIT_NPROC as the bound of the level above it. So:
+
+    - ``uid`` mode: the executor (root) sets them on itself once; root's own forks are exempt
+      from RLIMIT_NPROC, and every shim inherits them through setpriv and bwrap. The slot uid
+      runs nothing but this one sandbox, so its count is the sandbox's at both levels.
+    - ``namespaces`` mode: the executor's uid is the pool's, shared by every executor and shim,
+      so the limit cannot sit on the executor (its own spawns would count the whole pool). It
+      is set on the shim once the shim is ready and before any run is handed to it (only the
+      shim's own code has run by then), after bwrap made the user namespace: the count is the
+      sandbox's alone. Same uid, so no privilege is needed.
+    """
+    for kind, value in limit_values(config):
+        resource.prlimit(pid, kind, (value, value))
 
 
 def raise_oom_score(path: str = "/proc/self/oom_score_adj") -> None:

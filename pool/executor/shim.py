@@ -164,6 +164,12 @@ class Shim:
                 raise ShimBootError(f"shim exited during boot (code {exc.returncode})"
                                     f"{self._last_stderr(': ')}") from None
             if event and event.get("type") == "ready":
+                try:
+                    if self.process is not None:
+                        self.launcher.confine(self.process)
+                except SandboxError as exc:
+                    self.kill()
+                    raise ShimBootError(str(exc)) from None
                 return event
 
     def alive(self) -> bool:
@@ -176,8 +182,7 @@ class Shim:
         if init is None:
             return True
         try:
-            with open(f"/proc/{init}/task/{init}/children", encoding="ascii") as fh:
-                children = [int(pid) for pid in fh.read().split()]
+            children = self.process.init_children()
         except (OSError, ValueError):
             return is_alive(init)
         return any(is_alive(child) for child in children)
