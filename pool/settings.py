@@ -137,14 +137,23 @@ MIN_RUN_MEMORY_MB = 32
 START = ("start",)
 RUNS = ("start", "execute", "bench", "tune")
 REPO = ("start", "execute", "install", "bench", "tune")
-DEFAULT_REPO_DIR = str(Path.home() / ".openfn" / "worker" / "repo")
+ROOT_HOME = "/var/lib/poolctl"  # a root pool's own folder: repo and state below it
+
+
+def default_repo_dir() -> str:
+    """ws-worker's ``~/.openfn/worker/repo``, except for root: root's home is closed to other
+    users, and the ``uid`` sandbox (the default for root) runs shims as slot uids that must read
+    the repo. The unit, the compose file and the manifests use the same folder."""
+    if os.geteuid() == 0:
+        return f"{ROOT_HOME}/repo"
+    return str(Path.home() / ".openfn" / "worker" / "repo")
 
 
 def default_state_dir() -> str:
-    """Where the journal of claimed runs lives: /var/lib/poolctl for root, else the XDG state
-    home; never under the adaptor repo or the shim code, which a shim's sandbox can see."""
+    """Where the journal of claimed runs lives: /var/lib/poolctl/state for root, else the XDG
+    state home; never under the adaptor repo or the shim code, which a shim's sandbox can see."""
     if os.geteuid() == 0:
-        return "/var/lib/poolctl"
+        return f"{ROOT_HOME}/state"
     base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
     return str(Path(base) / "poolctl")
 
@@ -224,7 +233,7 @@ SETTINGS: tuple[Setting, ...] = (
             "made to fit (dataclip withheld, log line or final state redacted, log batches "
             "split). 0 = no limit (older Lightnings).", START, check=at_least(0)),
     # --- adaptors ---------------------------------------------------------------------------------
-    Setting("repo_dir", "--repo-dir", ("WORKER_REPO_DIR",), parse_str, DEFAULT_REPO_DIR,
+    Setting("repo_dir", "--repo-dir", ("WORKER_REPO_DIR",), parse_str, default_repo_dir(),
             "Adaptor repo (npm folder) shared by every executor.", REPO),
     Setting("adaptors_offline", "--offline", ("WORKER_ADAPTORS_OFFLINE",), parse_bool, False,
             "Use only installed adaptors; never call npm.", REPO),

@@ -326,6 +326,10 @@ def probe(config: SandboxConfig, node: str, repo_dir: str, timeout: float = 20.0
     if node_path is None:
         raise SandboxError(f"Node.js binary not found: {node!r}")
     node_path = os.path.realpath(node_path)
+    try:  # on a fresh machine the repo does not exist yet; the pool would create it anyway
+        os.makedirs(repo_dir, mode=0o755, exist_ok=True)
+    except OSError as exc:
+        raise SandboxError(f"cannot create the adaptor repo {repo_dir}: {exc.strerror}") from None
     home = "/tmp/poolctl-probe-home"
     uid = config.uids[0] if config.mode == "uid" and config.uids else None
     files = SandboxFiles.make([uid if uid is not None else os.getuid()], home)

@@ -4,6 +4,7 @@ cannot work is refused with the reason (exit 2), never silently replaced."""
 from __future__ import annotations
 
 import contextlib
+import json
 import os
 import subprocess
 import sys
@@ -11,6 +12,7 @@ import tempfile
 import urllib.request
 
 import psutil
+import pytest
 
 from pool.supervisor.control import request
 from tests.security.conftest import PIDS, SIZE, Target
@@ -146,3 +148,22 @@ def test_shims_carry_the_sandbox_limits(target: Target) -> None:
             assert limits["nproc"] != PIDS, limits
     with open(f"/proc/{target.pool.proc.pid}/oom_score_adj") as fh:
         assert int(fh.read()) < 1000  # the supervisor is never the OOM killer's first pick
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="root's defaults: run as root (CI is)")
+def test_root_runs_a_job_with_the_default_repo_in_the_uid_sandbox(tmp_path) -> None:
+    """Root's default repo is one the slot uids can read (root's home is not): a root
+    ``poolctl execute`` with no repo setting runs in the ``uid`` sandbox. /var/lib is a fresh
+    tmpfs in a mount namespace of the test's own, so the machine's is untouched."""
+    wf = tmp_path / "wf.json"
+    wf.write_text('{"steps": [{"id": "a", "expression": '
+                  '"export default [s => ({ data: { ok: 1 } })];"}]}')
+    os.chmod(tmp_path, 0o755)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
+    env["WORKER_ADAPTORS_OFFLINE"] = "true"
+    script = 'mount -t tmpfs -o mode=0755 tmpfs /var/lib && exec "$0" -m pool.cli execute "$1"'
+    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                           sys.executable, str(wf)], capture_output=True, text=True, env=env,
+                          cwd=ROOT, timeout=DEADLINE)
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(proc.stdout) == {"data": {"ok": 1}}
