@@ -316,12 +316,14 @@ class PreparedShim:
 class CompileCache:
     """Node's compile cache for one way of starting a shim (binary, flags, uid)."""
 
-    def __init__(self, repo: AdaptorRepo, node: str, flags: list[str], script: str) -> None:
+    def __init__(self, repo: AdaptorRepo, node: str, flags: list[str], script: str,
+                 uid: int) -> None:
+        """``uid``: the uid the shims' Node sees (inside a sandbox, its inner uid)."""
         self.repo = repo
         self.node = os.path.realpath(node)
         self.flags = list(flags)
         self.script = script
-        self.uid = os.getuid()
+        self.uid = uid
         try:
             st = os.stat(self.node)
             binary = f"{self.node}:{st.st_size}:{st.st_mtime_ns}"

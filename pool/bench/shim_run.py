@@ -22,6 +22,7 @@ import contextlib
 import json
 import os
 import re
+import shutil
 import sys
 import tempfile
 import time
@@ -37,7 +38,10 @@ from pool.bench.workloads import COMMON
 from pool.executor.environment import shim_env
 from pool.executor.handle import ExecutorHandle
 from pool.executor.isolation import ShimFactory, adaptor_dict
+from pool.executor.launcher import Launcher
+from pool.executor.sandbox import SandboxConfig, base_config, choose
 from pool.executor.shim import Shim
+from pool.settings import load_settings
 
 CACHE_LINE = re.compile(r"V8 code cache for \S+ (\S+) was (accepted|rejected|not initialized)")
 JOB = "fn(state => ({ ...state, data: { ok: true } }))"
@@ -107,17 +111,29 @@ def _count(line: str, out: ShimRun) -> None:
         out.missed.append(m.group(1))
 
 
+def default_sandbox(node: str, repo_dir: str) -> SandboxConfig:
+    """The sandbox a strict pool started here with default settings would use (its first
+    slot's uids in uid mode)."""
+    settings = load_settings(command="execute")
+    config, _ = choose(settings.sandbox, "strict", node, repo_dir, base_config(settings))
+    return config
+
+
 def measure_shim(node: str, repo_dir: str, memory_mb: int = 500, plain: bool = False,
-                 profile_dir: str | None = None, wait_s: float = 120) -> ShimRun:
-    """Boot, warm and run one trivial job in a shim made the way a strict executor makes it.
+                 profile_dir: str | None = None, wait_s: float = 120,
+                 sandbox: SandboxConfig | None = None) -> ShimRun:
+    """Boot, warm and run one trivial job in a shim made the way a strict executor makes it,
+    in ``sandbox`` (default: the one a pool started here would use).
 
     Unless ``plain``, first waits (up to ``wait_s``) for the pool's background work to cover
     language-common: its prepared form and the compile cache."""
     repo = AdaptorRepo(repo_dir, offline=True)
     home = tempfile.mkdtemp(prefix="poolctl-shimrun-")
+    os.chmod(home, 0o755)  # the sandbox binds things from it as a slot uid
     base_env = shim_env(os.environ, [], home)
+    launcher = Launcher(sandbox or default_sandbox(node, repo_dir), home)
     factory = ShimFactory(node, repo_dir, base_env, repo, 60, (), prepare=not plain,
-                          memory_mb=memory_mb)
+                          memory_mb=memory_mb, launcher=launcher)
     adaptor = repo.resolve(COMMON)
     extra: dict[str, str] = {}
     script = None
@@ -139,7 +155,8 @@ def measure_shim(node: str, repo_dir: str, memory_mb: int = 500, plain: bool = F
     if profile_dir:
         ProfiledShim.profile_dir = profile_dir
     env = {**base_env, **extra, "NODE_DEBUG_NATIVE": "COMPILE_CACHE"}
-    shim = shim_class(node, memory_mb, env, repo_dir, script)
+    shim = shim_class(node, memory_mb, env, repo_dir, script, launcher,
+                      writable=(profile_dir,) if profile_dir else ())
     t0 = time.perf_counter()
     shim.start()
     try:
@@ -150,12 +167,12 @@ def measure_shim(node: str, repo_dir: str, memory_mb: int = 500, plain: bool = F
                            ("compiler", "job compiler"), ("shim", "shim modules"),
                            ("esm_hook", "ESM hook")):
             out.phases_ms[label] = float(boot.get(key, 0))
-        at_ready = _cpu_ms(shim.pid)
+        at_ready = _cpu_ms(_node_pid(shim))
         reply = shim.warm([adaptor_dict(adaptor)], 120)
         for line in reply.get("output") or []:
             _count(line, out)
         out.times_ms["warmed"] = (time.perf_counter() - t0) * 1000
-        at_warm = _cpu_ms(shim.pid)
+        at_warm = _cpu_ms(_node_pid(shim))
         out.phases_ms["adaptor import (standby warm-up)"] = at_warm - at_ready
         run_id = str(uuid.uuid4())
         shim.start_run({
@@ -171,15 +188,25 @@ def measure_shim(node: str, repo_dir: str, memory_mb: int = 500, plain: bool = F
         done = _collect(shim, out, "run-complete")
         out.reason = str(done.get("reason"))
         out.times_ms["run-complete"] = (time.perf_counter() - t0) * 1000
-        out.cpu_ms = _cpu_ms(shim.pid)
+        out.cpu_ms = _cpu_ms(_node_pid(shim))
         out.phases_ms["the run (compile, link, execute, events)"] = out.cpu_ms - at_warm
         out.phases_ms["unaccounted (between steps, reading stdin/fd 3)"] = max(
             0.0, at_ready - float(boot.get("total", at_ready)))
     finally:
         shim.close()
+        launcher.close()
+        shutil.rmtree(home, ignore_errors=True)
     if profile_dir:
         out.profile = summarise_profile(profile_dir)
     return out
+
+
+def _node_pid(shim: Shim) -> int:
+    """Node's own pid: in a sandbox, the child of its pid 1 (``shim.pid`` is bubblewrap's)."""
+    if shim.process is not None and shim.process.sandboxed:
+        with contextlib.suppress(OSError, ValueError, IndexError):
+            return shim.process.init_children()[0]
+    return shim.pid
 
 
 def executor_cpu(node: str, repo_dir: str, runs: int, memory_mb: int = 500,

@@ -33,6 +33,7 @@ gets a fresh shim of its own in every mode; the warm one stays for the next run.
 
 from __future__ import annotations
 
+import os
 import queue
 import random
 import sys
@@ -45,7 +46,7 @@ from typing import Any
 from pool.adaptors import Adaptor, AdaptorError, AdaptorRepo
 from pool.executor.launcher import Launcher
 from pool.executor.prepared import PreparedForms
-from pool.executor.sandbox import SandboxError
+from pool.executor.sandbox import SHIM_UID, SandboxError
 from pool.executor.shim import Shim, ShimBootError
 from pool.prepare import is_prepared
 
@@ -93,8 +94,10 @@ class ShimFactory:
         self.info: dict[str, Any] = {}  # the last shim's ``ready``: node and runtime versions
         self.forms: PreparedForms | None = None
         if prepare:
+            sandboxed = launcher is not None and launcher.mode != "none"
             self.forms = PreparedForms(repo, node, memory_mb, self._build_cache,
-                                       self._check_shim)
+                                       self._check_shim,
+                                       uid=SHIM_UID if sandboxed else os.getuid())
 
     def form(self, adaptor: Adaptor) -> Adaptor:
         """The adaptor as this factory's shims load it (prepared, or plain)."""
@@ -144,7 +147,11 @@ class ShimFactory:
                      adaptors: list[Adaptor], script: str) -> None:
         """Boot a shim exactly as :meth:`boot` does plus ``extra_env``, import ``adaptors``,
         and let it exit normally: Node writes its compile cache then."""
-        shim = Shim(self.node, memory_mb, {**self.env, **extra_env}, self.repo_dir, script)
+        # in the shims' own sandbox (same inner uid, paths and flags, so Node names and keys
+        # the cache as they will look it up), with only the cache folder writable
+        launcher = self.launcher.builder() if self.launcher is not None else None
+        shim = Shim(self.node, memory_mb, {**self.env, **extra_env}, self.repo_dir, script,
+                    launcher, writable=(extra_env["NODE_COMPILE_CACHE"],))
         try:
             shim.start()
             shim.wait_ready(self.boot_timeout)

@@ -37,6 +37,7 @@ import signal
 import threading
 import time
 from collections.abc import Iterable
+from dataclasses import replace
 
 import psutil
 
@@ -240,33 +241,50 @@ class Launcher:
             # inside the executor's own temporary folder, removed with it; a slot uid must be
             # able to pass through it to bind them
             os.chmod(home, 0o711)
-            self.files = SandboxFiles.make(config.uids or [os.getuid()], home, parent=home)
+            self.files = SandboxFiles.make(home, parent=home)
         if config.mode == "uid":
             impose_limits(config)  # inherited by every shim; root's own forks are exempt
+        self._builder: Launcher | None = None
+
+    def builder(self) -> Launcher:
+        """A launcher for the pool's own builds (the compile cache): the shims' sandbox (same
+        inner uid, paths and binds), but as the executor's own uid rather than a slot uid, so
+        the files Node writes (0600, in 0700 folders) are the executor's to make readable to
+        every slot's shims afterwards — root in a container may lack the capabilities to
+        change another uid's files. A build runs the shim and the repo's adaptors, never a
+        job: the executor already runs that code when it prepares an adaptor."""
+        if self.config.mode != "uid":
+            return self
+        if self._builder is None:
+            self._builder = Launcher(replace(self.config, mode="namespaces", uids=()), self.home)
+        return self._builder
 
     @property
     def mode(self) -> str:
         return self.config.mode
 
     def spawn(self, argv: list[str], env: dict[str, str], read_only: Iterable[str], cwd: str,
-              fds: list[tuple[int, int]]) -> SandboxProcess:
-        """Start ``argv`` with ``env`` (as given) and ``fds`` placed as ``(ours, child's)``."""
+              fds: list[tuple[int, int]], writable: Iterable[str] = ()) -> SandboxProcess:
+        """Start ``argv`` with ``env`` (as given) and ``fds`` placed as ``(ours, child's)``.
+        ``writable``: folders the process may write (the pool's own builds, never a run's
+        shim); in uid mode the caller makes them writable for the slot uid."""
         uid = self.uids.take()
         try:
-            return self._spawn(argv, env, list(read_only), cwd, fds, uid)
+            return self._spawn(argv, env, list(read_only), cwd, fds, uid, list(writable))
         except BaseException:
             self.uids.give_back(uid)
             raise
 
     def _spawn(self, argv: list[str], env: dict[str, str], read_only: list[str], cwd: str,
-               fds: list[tuple[int, int]], uid: int | None) -> SandboxProcess:
+               fds: list[tuple[int, int]], uid: int | None,
+               writable: list[str]) -> SandboxProcess:
         info_r = info_w = None
         plan = list(fds)
         if self.files is not None:
             info_r, info_w = os.pipe()
             plan.append((info_w, INFO_FD))
             command = wrap(self.config, argv, env, bind_plan(self.config, env, read_only), cwd,
-                           self.files, uid)
+                           self.files, uid, writable=writable)
         else:
             command = list(argv)
         # move every source above the targets first, so no dup2 overwrites a later source
@@ -303,5 +321,7 @@ class Launcher:
         self.uids.give_back(process.uid)
 
     def close(self) -> None:
+        if self._builder is not None:
+            self._builder.close()
         if self.files is not None:
             self.files.remove()

@@ -33,10 +33,12 @@ class PreparedForms:
 
     def __init__(self, repo: AdaptorRepo, node: str, memory_mb: int,
                  build_shim: Callable[[int, dict[str, str], list[Adaptor], str], None],
-                 check_shim: Callable[[str], None]) -> None:
+                 check_shim: Callable[[str], None], uid: int) -> None:
         """``build_shim(memory_mb, extra_env, adaptors, script)`` boots a shim as the factory
         does, with ``extra_env`` added, warms ``adaptors`` and lets it exit (it writes the
-        cache); ``check_shim(script)`` boots one from a bundled shim and runs a job on it."""
+        cache); ``check_shim(script)`` boots one from a bundled shim and runs a job on it;
+        ``uid`` is the one the shims' Node sees (the sandbox's inner uid, or ours)."""
+        self.uid = uid
         self.repo = repo
         self.node = node
         self.memory_mb = memory_mb
@@ -76,7 +78,8 @@ class PreparedForms:
     def cache(self, memory_mb: int, script: str) -> CompileCache:
         if (memory_mb, script) not in self._caches:
             self._caches[memory_mb, script] = CompileCache(self.repo, self.node,
-                                                           node_flags(memory_mb), script)
+                                                           node_flags(memory_mb), script,
+                                                           self.uid)
         return self._caches[memory_mb, script]
 
     def shim_env(self, memory_mb: int, script: str) -> dict[str, str]:

@@ -29,7 +29,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import pwd
 import resource
 import shutil
 import subprocess
@@ -42,6 +41,11 @@ from typing import Any
 MODES = ("auto", "uid", "namespaces", "none")
 SANDBOXED = ("uid", "namespaces")
 INFO_FD = 4  # bwrap --info-fd: tells us the host pid of the sandbox's pid 1
+# The uid and gid every sandboxed process has *inside* its user namespace, whatever host uid
+# (slot uid, or the pool's) it runs as. Node names its compile cache after the uid it sees, so
+# one cache, built once in a sandbox like the shims', is hit by every slot's shims.
+SHIM_UID = SHIM_GID = 1000
+SHIM_USER = "poolctl"
 OOM_SCORE_ADJ = 1000
 SHIM_DIR = str(Path(__file__).resolve().parent.parent / "shim")
 
@@ -161,15 +165,15 @@ class SandboxFiles:
     group: str = ""
 
     @staticmethod
-    def make(uids: Iterable[int], home: str, parent: str | None = None) -> SandboxFiles:
-        """In a new folder under ``parent`` (default: the system's temporary folder)."""
+    def make(home: str, parent: str | None = None) -> SandboxFiles:
+        """In a new folder under ``parent`` (default: the system's temporary folder). They name
+        the shim's own user (``SHIM_UID`` inside every sandbox), root and nobody; the host's
+        users stay hidden."""
         root = tempfile.mkdtemp(prefix="poolctl-sandbox-", dir=parent)
         os.chmod(root, 0o755)  # a slot uid must reach them to bind them
         users, groups = ["root:x:0:0:root:/root:/usr/sbin/nologin"], ["root:x:0:"]
-        for uid in dict.fromkeys(uids):
-            name = _user_name(uid)
-            users.append(f"{name}:x:{uid}:{uid}:poolctl shim:{home}:/usr/sbin/nologin")
-            groups.append(f"{name}:x:{uid}:")
+        users.append(f"{SHIM_USER}:x:{SHIM_UID}:{SHIM_GID}:poolctl shim:{home}:/usr/sbin/nologin")
+        groups.append(f"{SHIM_USER}:x:{SHIM_GID}:")
         users.append("nobody:x:65534:65534:nobody:/nonexistent:/usr/sbin/nologin")
         groups.append("nogroup:x:65534:")
         files = SandboxFiles(root)
@@ -187,13 +191,6 @@ class SandboxFiles:
     def remove(self) -> None:
         if self.root:
             shutil.rmtree(self.root, ignore_errors=True)
-
-
-def _user_name(uid: int) -> str:
-    try:
-        return pwd.getpwuid(uid).pw_name
-    except KeyError:
-        return f"poolctl-{uid}"
 
 
 @functools.cache
@@ -224,11 +221,12 @@ def bind_plan(config: SandboxConfig, env: dict[str, str],
 
 def bwrap_args(config: SandboxConfig, argv: list[str], env: dict[str, str],
                binds: list[tuple[str, str]], cwd: str, files: SandboxFiles,
-               info_fd: int | None = INFO_FD) -> list[str]:
-    """bwrap's command line around ``argv``: the namespaces, binds and limits listed above."""
+               info_fd: int | None = INFO_FD, writable: Iterable[str] = ()) -> list[str]:
+    """bwrap's command line around ``argv``: the namespaces and binds listed above. ``writable``
+    folders are bound read-write: only the pool's own builds (the compile cache) ask for one."""
     args = [tool("bwrap"), "--unshare-user", "--unshare-pid", "--unshare-ipc", "--unshare-uts",
             "--unshare-cgroup", "--die-with-parent", "--new-session", "--disable-userns",
-            "--hostname", "poolctl-shim"]
+            "--uid", str(SHIM_UID), "--gid", str(SHIM_GID), "--hostname", "poolctl-shim"]
     if info_fd is not None:
         args += ["--info-fd", str(info_fd)]
     for path in SYSTEM_DIRS:
@@ -250,20 +248,22 @@ def bwrap_args(config: SandboxConfig, argv: list[str], env: dict[str, str],
         args += ["--size", size, "--tmpfs", home]
     for source, dest in binds:
         args += ["--ro-bind", source, dest]
+    for path in writable:  # after the read-only binds: a folder inside the repo, made writable
+        args += ["--bind", path, path]
     args += ["--remount-ro", "/dev", "--remount-ro", "/", "--chdir", cwd, "--"]
     return args + argv
 
 
 def wrap(config: SandboxConfig, argv: list[str], env: dict[str, str],
          binds: list[tuple[str, str]], cwd: str, files: SandboxFiles, uid: int | None,
-         info_fd: int | None = INFO_FD) -> list[str]:
+         info_fd: int | None = INFO_FD, writable: Iterable[str] = ()) -> list[str]:
     """The full command for one shim: ``argv`` itself in ``none`` mode, else the chain
     ``[setpriv (uid mode)] bwrap … argv`` (the limits are set without a program of their own:
     ``impose_limits``). (``oom_score_adj`` needs no program of
     its own: the executor raised its own, and every shim inherits it — ``raise_oom_score``.)"""
     if config.mode == "none":
         return list(argv)
-    chain = bwrap_args(config, argv, env, binds, cwd, files, info_fd)
+    chain = bwrap_args(config, argv, env, binds, cwd, files, info_fd, writable)
     if config.mode == "uid":
         if uid is None:
             raise SandboxError("uid mode without a uid for this shim")
@@ -332,7 +332,7 @@ def probe(config: SandboxConfig, node: str, repo_dir: str, timeout: float = 20.0
         raise SandboxError(f"cannot create the adaptor repo {repo_dir}: {exc.strerror}") from None
     home = "/tmp/poolctl-probe-home"
     uid = config.uids[0] if config.mode == "uid" and config.uids else None
-    files = SandboxFiles.make([uid if uid is not None else os.getuid()], home)
+    files = SandboxFiles.make(home)
     env = {"HOME": home, "PATH": "/usr/bin:/bin"}
     try:
         argv = wrap(config, [node_path, "--version"], env,

@@ -81,9 +81,13 @@ class Shim:
     """One Node shim process, driven synchronously from one thread."""
 
     def __init__(self, node: str, memory_mb: int, env: dict[str, str], repo_dir: str,
-                 script: str | None = None, launcher: Launcher | None = None) -> None:
+                 script: str | None = None, launcher: Launcher | None = None,
+                 writable: tuple[str, ...] = ()) -> None:
+        """``writable``: folders this shim may write through its sandbox (the compile-cache
+        build's cache folder; a run's shim gets none)."""
         self.node = node
         self.launcher = launcher or Launcher(SandboxConfig(), env.get("HOME", "/tmp"))
+        self.writable = writable
         self.process: SandboxProcess | None = None
         self._gone = False
         self.memory_mb = memory_mb
@@ -123,7 +127,7 @@ class Shim:
         try:
             self.process = self.launcher.spawn(argv, self.env,
                                                [executable, SHIM_DIR, self.repo_dir],
-                                               self.repo_dir, fds)
+                                               self.repo_dir, fds, self.writable)
         except OSError as exc:
             for fd in (out_r, err_r):
                 os.close(fd)

@@ -10,22 +10,26 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
+import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
+import pytest
+
 from pool.adaptors import AdaptorRepo
 from pool.bench.shim_run import measure_shim
+from pool.executor.sandbox import SHIM_UID, SandboxConfig
 from pool.executor.shim import node_flags
 from pool.prepare import CACHE_DIR, PREPARED, CompileCache, PreparedRepo, PreparedShim
-from tests.executor.conftest import COMMON, DEADLINE, executor, run
-from tests.linked_repo import linked_repo, node24
+from tests.executor.conftest import COMMON, DEADLINE, SANDBOX, executor, run
+from tests.linked_repo import copied_repo, linked_repo, node24
 
-# Unsandboxed executors: the linked repo's packages are symlinks into the checkout's repo, which
-# a shim's sandbox does not bind, and the compile cache is built for the executor's own uid
-# (as root the default sandbox runs shims under slot uids, whose cache would be another one:
-# building it per slot uid is what issue 11 still owes the sandbox). The sandboxed path is
-# tests/security's and tests/executor/test_sandbox.py's, on the checkout's repo.
+# Unsandboxed executors for the tests of preparing itself: the linked repo's packages are
+# symlinks into the checkout's repo, which a shim's sandbox does not bind. The compile cache is
+# tested in the default sandbox (on a repo of hard links), since that is where it must hit.
 NO_SANDBOX = {"mode": "none"}
 
 # where the adaptor's own code lives, from the stack of a call it makes into the job
@@ -132,14 +136,28 @@ def files_under(folder: Path) -> dict[str, tuple[int, int]]:
             for p in folder.rglob("*") if p.is_file()}
 
 
-def test_compile_cache_is_built_by_the_pool_hit_by_shims_and_never_written_by_them(tmp_path):
+@pytest.fixture
+def shared_tmp() -> Iterator[Path]:
+    """A folder other users can reach (pytest's own is 0700): uid mode's slot uids bind it."""
+    folder = Path(tempfile.mkdtemp(prefix="poolctl-test-"))
+    os.chmod(folder, 0o755)
+    try:
+        yield folder
+    finally:
+        shutil.rmtree(folder, ignore_errors=True)
+
+
+def test_compile_cache_is_built_by_the_pool_hit_by_shims_and_never_written_by_them(shared_tmp):
+    """In the default sandbox (as root: slot uids, two per slot), where every shim must hit
+    the one cache the pool built."""
     node = node24()
-    repo = AdaptorRepo(str(linked_repo(tmp_path / "repo")), offline=True)
+    repo = AdaptorRepo(str(copied_repo(shared_tmp / "repo")), offline=True)
     memory_mb = 128  # the executor fixture's run memory: the shims' --max-old-space-size
-    with executor("strict", sandbox=NO_SANDBOX, node=node, repo_dir=str(repo.repo_dir)) as handle:
+    uid = SHIM_UID if SANDBOX["mode"] != "none" else os.getuid()
+    with executor("strict", node=node, repo_dir=str(repo.repo_dir)) as handle:
         wait_prepared(repo)
         script = wait_shim(repo)
-        cache = CompileCache(repo, node, node_flags(memory_mb), script)
+        cache = CompileCache(repo, node, node_flags(memory_mb), script, uid)
         deadline = time.monotonic() + DEADLINE
         while not cache.covers(PreparedRepo(repo).prepared()):
             assert time.monotonic() < deadline, "no compile cache within the deadline"
@@ -150,7 +168,8 @@ def test_compile_cache_is_built_by_the_pool_hit_by_shims_and_never_written_by_th
         assert seen[-1] == {"where": "prepared", "cache": str(cache.folder)}
         assert files_under(cache.folder) == before  # the shims only read it
     assert not os.stat(cache.folder).st_mode & 0o222  # read-only
-    inside = measure_shim(node, str(repo.repo_dir), memory_mb)
+    inside = measure_shim(node, str(repo.repo_dir), memory_mb,
+                          sandbox=SandboxConfig.from_message(SANDBOX))
     assert inside.reason == "success"
     # the shim's bundle and the adaptor's, nothing else loaded from a file, both hit
     assert inside.accepted >= 2 and inside.rejected == 0 and inside.missing == 0, (
