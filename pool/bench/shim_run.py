@@ -321,6 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if args.profile:
         os.makedirs(args.profile, exist_ok=True)
+        os.chmod(args.profile, 0o777)  # the sandboxed shim writes it as its (slot) uid
     result = measure_shim(args.node, args.repo_dir, args.memory_mb, args.plain, args.profile)
     print(f"node {args.node}, {'plain' if args.plain else 'prepared + compile cache'}: "
           f"run {result.reason}; wall ms: " + ", ".join(
