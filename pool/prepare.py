@@ -253,7 +253,27 @@ def _run_prepare(node: str, request: dict[str, Any], out: Path) -> dict[str, Any
     return answer if isinstance(answer, dict) else {"ok": False, "reason": "bad answer"}
 
 
-class PreparedShim:
+class StampedFolder:
+    """A folder of the pool's making whose ``stamp.json`` says what it holds; the stamp is
+    re-read only when its file changes (another executor may rebuild the folder)."""
+
+    folder: Path
+
+    def __init__(self) -> None:
+        self._stamp: tuple[int, dict[str, Any] | None] = (0, None)
+
+    def stamp(self) -> dict[str, Any] | None:
+        path = self.folder / STAMP
+        mtime = _mtime_ns(path)
+        if mtime != self._stamp[0]:
+            self._stamp = (mtime, _read_json(path) if mtime else None)
+        return self._stamp[1]
+
+    def forget_stamp(self) -> None:
+        self._stamp = (0, None)
+
+
+class PreparedShim(StampedFolder):
     """The shim itself as one file (``<repo>/.prepared/.shim/<key>/shim.mjs``): its runtime,
     logger and compiler inlined, which a fresh Node loads in about half the CPU of their many
     files. Keyed by the shim's code and esbuild's version; used only once a shim booted from it
@@ -264,14 +284,7 @@ class PreparedShim:
         key = hashlib.sha256(json.dumps([FORMAT, esbuild_version(), shim_code()])
                              .encode()).hexdigest()[:16]
         self.folder = repo.repo_dir / PREPARED_DIR / ".shim" / key
-        self._stamp: tuple[int, dict[str, Any] | None] = (0, None)
-
-    def stamp(self) -> dict[str, Any] | None:
-        path = self.folder / STAMP
-        mtime = _mtime_ns(path)
-        if mtime != self._stamp[0]:
-            self._stamp = (mtime, _read_json(path) if mtime else None)
-        return self._stamp[1]
+        super().__init__()
 
     def script(self) -> str | None:
         """The bundle's path when it is usable, else None (boot the plain shim.mjs)."""
@@ -310,10 +323,10 @@ class PreparedShim:
                 PreparedRepo._swap(work, self.folder)
             finally:
                 shutil.rmtree(work, ignore_errors=True)
-            self._stamp = (0, None)
+            self.forget_stamp()
 
 
-class CompileCache:
+class CompileCache(StampedFolder):
     """Node's compile cache for one way of starting a shim (binary, flags, uid)."""
 
     def __init__(self, repo: AdaptorRepo, node: str, flags: list[str], script: str,
@@ -333,14 +346,7 @@ class CompileCache:
                                             script, shim_code()])
                                 .encode()).hexdigest()
         self.folder = repo.repo_dir / CACHE_DIR / digest[:16]
-        self._stamp: tuple[int, dict[str, Any] | None] = (0, None)
-
-    def stamp(self) -> dict[str, Any] | None:
-        path = self.folder / STAMP
-        mtime = _mtime_ns(path)
-        if mtime != self._stamp[0]:
-            self._stamp = (mtime, _read_json(path) if mtime else None)
-        return self._stamp[1]
+        super().__init__()
 
     def covers(self, adaptors: list[Adaptor]) -> bool:
         """True when the cache was built with every one of ``adaptors`` (prepared folders)."""
@@ -367,7 +373,7 @@ class CompileCache:
                 "time": time.time(),
                 "adaptors": [a.path for a in adaptors]})
             _chmod_tree(self.folder, writable=False)
-            self._stamp = (0, None)
+            self.forget_stamp()
 
     def _remove_outdated(self) -> None:
         """Caches for this very launch (binary, flags, uid) made for an older shim or format:

@@ -367,19 +367,27 @@ class RunEvents:
 
 
 def ending_events(run_id: str, why: str, open_steps: dict[str, str], now: int) -> list[Event]:
-    """A run that cannot be reported as it went ends as an ``exception``: each step Lightning
-    has open (``step_id → job_id``) is completed with that reason and no dataclip, then the
-    final-status lines and ``run:complete``, all small."""
-    events: list[Event] = []
-    for step_id, job_id in open_steps.items():
-        events.append((STEP_COMPLETE, {
-            "step_id": step_id, "job_id": job_id, "reason": "exception",
-            "error_type": UNDELIVERABLE_TYPE, "error_message": why, "timestamp": timestamp(now)}))
-    events.append((RUN_LOG, log_payload(run_id, ["Run complete with status: exception"], "R/T",
+    """A run that cannot be reported as it went ends as an ``exception``: see
+    ``closing_events``."""
+    return closing_events(run_id, open_steps, "exception", UNDELIVERABLE_TYPE, why, now)
+
+
+def closing_events(run_id: str, open_steps: dict[str, str], reason: str, error_type: str,
+                   message: str, now: int) -> list[Event]:
+    """The end of a run the worker can no longer run or report as it went: each step
+    Lightning has open (``step_id → job_id``) completed with ``reason`` and no dataclip, the
+    final-status lines ws-worker sends, then ``run:complete`` (error path: no final state),
+    all small."""
+    events: list[Event] = [
+        (STEP_COMPLETE, {"step_id": step_id, "job_id": job_id, "reason": reason,
+                         "error_type": error_type, "error_message": message, "duration": 0,
+                         "timestamp": timestamp(now)})
+        for step_id, job_id in open_steps.items()]
+    events.append((RUN_LOG, log_payload(run_id, [f"Run complete with status: {reason}"], "R/T",
                                         "info", now)))
-    events.append((RUN_LOG, log_payload(run_id, [f"{UNDELIVERABLE_TYPE}: {why}"], "R/T",
+    events.append((RUN_LOG, log_payload(run_id, [f"{error_type}: {message}"], "R/T",
                                         "info", now)))
-    events.append((RUN_COMPLETE, error_complete("exception", UNDELIVERABLE_TYPE, why)))
+    events.append((RUN_COMPLETE, error_complete(reason, error_type, message)))
     return events
 
 

@@ -31,16 +31,7 @@ import logging
 import time
 from typing import TYPE_CHECKING, Any
 
-from pool.lightning.payloads import (
-    RUN_COMPLETE,
-    RUN_LOG,
-    STEP_COMPLETE,
-    Event,
-    error_complete,
-    log_payload,
-    now_us,
-    timestamp,
-)
+from pool.lightning.payloads import Event, closing_events, now_us
 from pool.lightning.phoenix import Reply
 from pool.supervisor.journal import JournaledRun, Replay
 
@@ -65,20 +56,8 @@ UNPROVEN_MESSAGE = ("The worker restarted before this run started, after a host 
 
 def restart_events(run_id: str, open_steps: dict[str, str], message: str) -> list[Event]:
     """What a restarted worker says about a run it can only report: each open step closed as
-    crashed, the final-status lines ws-worker sends, then ``run:complete`` (error path: no
-    timestamp, no final state). No step output: the previous incarnation's state is gone."""
-    t = now_us()
-    events: list[Event] = [
-        (STEP_COMPLETE, {"step_id": step_id, "job_id": job_id, "reason": "crash",
-                         "error_type": RESTART_ERROR_TYPE, "error_message": message,
-                         "duration": 0, "timestamp": timestamp(t)})
-        for step_id, job_id in open_steps.items()]
-    events.append((RUN_LOG, log_payload(run_id, ["Run complete with status: crash"], "R/T",
-                                        "info", t)))
-    events.append((RUN_LOG, log_payload(run_id, [f"{RESTART_ERROR_TYPE}: {message}"], "R/T",
-                                        "info", t)))
-    events.append((RUN_COMPLETE, error_complete("crash", RESTART_ERROR_TYPE, message)))
-    return events
+    crashed, then the run (no step output: the previous incarnation's state is gone)."""
+    return closing_events(run_id, open_steps, "crash", RESTART_ERROR_TYPE, message, now_us())
 
 
 def report_message(run: JournaledRun) -> str:
