@@ -12,7 +12,6 @@ import tempfile
 import urllib.request
 
 import psutil
-import pytest
 
 from pool.supervisor.control import request
 from tests.security.conftest import PIDS, SIZE, Target
@@ -150,20 +149,27 @@ def test_shims_carry_the_sandbox_limits(target: Target) -> None:
         assert int(fh.read()) < 1000  # the supervisor is never the OOM killer's first pick
 
 
-@pytest.mark.skipif(os.geteuid() != 0, reason="root's defaults: run as root (CI is)")
-def test_root_runs_a_job_with_the_default_repo_in_the_uid_sandbox(tmp_path) -> None:
-    """Root's default repo is one the slot uids can read (root's home is not): a root
-    ``poolctl execute`` with no repo setting runs in the ``uid`` sandbox. /var/lib is a fresh
-    tmpfs in a mount namespace of the test's own, so the machine's is untouched."""
+def test_a_job_runs_with_the_default_repo_in_the_default_sandbox(tmp_path) -> None:
+    """No repo setting: the default repo works with the default sandbox. For root that is
+    ``/var/lib/poolctl/repo``, which the ``uid`` sandbox's slot uids can read (root's home is
+    not): /var/lib is a fresh tmpfs in a mount namespace of the test's own, so the machine's is
+    untouched. For another user, ``~/.openfn/worker/repo`` in a fresh HOME."""
     wf = tmp_path / "wf.json"
     wf.write_text('{"steps": [{"id": "a", "expression": '
                   '"export default [s => ({ data: { ok: 1 } })];"}]}')
     os.chmod(tmp_path, 0o755)
     env = {k: v for k, v in os.environ.items() if not k.startswith("WORKER_")}
     env["WORKER_ADAPTORS_OFFLINE"] = "true"
-    script = 'mount -t tmpfs -o mode=0755 tmpfs /var/lib && exec "$0" -m pool.cli execute "$1"'
-    proc = subprocess.run(["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
-                           sys.executable, str(wf)], capture_output=True, text=True, env=env,
-                          cwd=ROOT, timeout=DEADLINE)
+    if os.geteuid() == 0:
+        script = 'mount -t tmpfs -o mode=0755 tmpfs /var/lib && exec "$0" -m pool.cli execute "$1"'
+        argv = ["unshare", "--mount", "--propagation", "private", "sh", "-c", script,
+                sys.executable, str(wf)]
+    else:
+        env["HOME"] = str(tmp_path / "home")
+        argv = [sys.executable, "-m", "pool.cli", "execute", str(wf)]
+    proc = subprocess.run(argv, capture_output=True, text=True, env=env, cwd=ROOT,
+                          timeout=DEADLINE)
     assert proc.returncode == 0, proc.stderr
     assert json.loads(proc.stdout) == {"data": {"ok": 1}}
+    if os.geteuid() != 0:
+        assert os.path.isdir(f"{env['HOME']}/.openfn/worker/repo")  # the default was used
