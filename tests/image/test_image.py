@@ -4,11 +4,13 @@ its entrypoint run from its own filesystem against a dev server on loopback.
 ``podman run`` cannot start a container on this machine (crun and hybrid cgroups), so the test
 does what a runtime does, with util-linux: the image's filesystem (``podman create`` + ``podman
 export``) becomes the root of new mount and PID namespaces (``pivot_root``, not ``chroot``: the
-kernel refuses user namespaces, so bubblewrap, to a chrooted process), with ``/proc``, ``/dev``
-and ``/sys``, a tmpfs ``/tmp``, an empty folder mounted at the repo dir as a volume would be,
-the host's DNS files, and the image's entrypoint and environment; ``tini`` is the namespace's
-PID 1, the root user its user, as in a container started as root. Not a container runtime's
-seccomp profile, capability set or cgroup: those are the runtime's, and not tested here.
+kernel refuses user namespaces, so bubblewrap, to a chrooted process), read-only as
+conf/compose.yaml's ``read_only`` and the Deployment's ``readOnlyRootFilesystem`` make it, with
+``/proc``, ``/dev`` and ``/sys``, a tmpfs ``/tmp``, empty folders mounted at the repo and state
+dirs as volumes would be, the host's DNS files, and the image's entrypoint, working directory
+and environment; ``tini`` is the namespace's PID 1, root its user, as in a container started
+as root. Not a container runtime's seccomp profile, capability set or cgroup: those are the
+runtime's, and not tested here.
 
 The host's CA bundle is mounted over the image's (read-only), as an operator behind a proxy that
 re-signs TLS mounts theirs: npm in the container reaches the registry through this machine's.
@@ -57,7 +59,7 @@ BOOT_DEADLINE = 240.0  # seeding, two strict executors, the sandbox check: well 
 RUN_DEADLINE = 240.0  # the first run of NOT_BAKED waits for npm
 
 # PID 1 of the new PID namespace until it execs the entrypoint: mounts the container's
-# filesystems, makes the exported image the root (pivot_root), drops the host's root
+# filesystems, makes the exported image the (read-only) root with pivot_root, drops the host's
 LAUNCH = r"""
 set -eu
 root=$1 repo=$2 state=$3 ca=$4 workdir=$5
@@ -71,6 +73,7 @@ mount --bind "$repo" "$root/var/lib/poolctl/repo"
 mount --bind "$state" "$root/var/lib/poolctl/state"
 mount --bind "$ca" "$root/etc/ssl/certs/ca-certificates.crt"
 mount -o remount,bind,ro "$root/etc/ssl/certs/ca-certificates.crt"
+mount -o remount,bind,ro "$root"
 cd "$root"
 pivot_root . .
 umount -l .
@@ -190,7 +193,8 @@ def container(inspected: dict[str, Any], rootfs: Path) -> Iterator[Container]:
     os.close(fd)
     box = Container(proc, log_path, lightning, repo, port)
     FACTS.append(f"entrypoint: {' '.join(command)} (tini is PID 1 of the container's PID "
-                 "namespace, root its user)")
+                 "namespace, root its user, the image's filesystem read-only but for the "
+                 "repo and state volumes and /tmp)")
     try:
         started = time.monotonic()
 
@@ -279,6 +283,11 @@ def test_it_boots_seeds_its_repo_and_logs_the_sandbox_auto_chose(container: Cont
                           capture_output=True, text=True, timeout=60, check=False)
     assert proc.returncode == 0, proc.stderr
     FACTS.append("HEALTHCHECK command inside the container: exit 0")
+    # and the pool got there with the image's filesystem read-only (the volumes aside)
+    touch = subprocess.run(["nsenter", "-t", str(init), "-m", "-r", "--", "/usr/bin/touch",
+                            "/usr/lib/poolctl/written"], capture_output=True, text=True,
+                           timeout=60, check=False)
+    assert touch.returncode != 0 and "Read-only file system" in touch.stderr, touch
 
 
 def test_a_run_with_an_adaptor_not_baked_in_is_installed_and_succeeds(
