@@ -100,7 +100,8 @@ test-node24: setup $(NODE24)
 # The container image (Containerfile; README "Container image"). podman as this machine allows
 # it: vfs storage, chroot isolation for RUN steps, docker format (OCI drops HEALTHCHECK), and
 # no intermediate layers (with vfs each one is a copy of the whole filesystem: a build from
-# nothing took 107 s so, ~170 s with layers). The image this tag named before is removed.
+# nothing took 107 s so; with layers, one whose first two steps were cached took 131 s). The
+# image this tag named before is removed.
 # BASE: the base image (the Containerfile's default is debian:bookworm-slim; where no image
 # registry is reachable, `make image-base` makes one with mmdebstrap: BASE=$(IMAGE_BASE)).
 # ADAPTORS: what the seed repo bakes in (default: the Containerfile's, the test adaptors).
