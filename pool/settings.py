@@ -235,6 +235,9 @@ SETTINGS: tuple[Setting, ...] = (
     # --- adaptors ---------------------------------------------------------------------------------
     Setting("repo_dir", "--repo-dir", ("WORKER_REPO_DIR",), parse_str, default_repo_dir(),
             "Adaptor repo (npm folder) shared by every executor.", REPO),
+    Setting("seed_repo", "--seed-repo", ("WORKER_SEED_REPO",), parse_str, None,
+            "Read-only adaptor repo (a container image's baked adaptors) whose adaptors are "
+            "copied into --repo-dir at start when it lacks them; unset = none.", START),
     Setting("adaptors_offline", "--offline", ("WORKER_ADAPTORS_OFFLINE",), parse_bool, False,
             "Use only installed adaptors; never call npm.", REPO),
     Setting("install_timeout", "--install-timeout", ("WORKER_INSTALL_TIMEOUT_SECONDS",),

@@ -57,6 +57,7 @@ from pool.lightning.queue_channel import QueueChannel
 from pool.lightning.tokens import RunTokenError
 from pool.lightning.workloops import Workloop
 from pool.logs import LogSetupError, setup_logging
+from pool.seed_repo import SeedError, seed_repo_command
 from pool.settings import SETTINGS, SettingsError
 from pool.supervisor.admission import Admission
 from pool.supervisor.config import EXIT_SETTINGS, StartupError, SupervisorConfig, load_config
@@ -974,10 +975,13 @@ def start_command(settings: Any) -> int:
         else:
             reexec_without_secrets(settings)
         make_undumpable()
+        # before anything reads or installs into the repo (collections, executors)
+        seeded = seed_repo_command(settings)
         config = load_config(settings)
         setup_logging(settings.log_level, settings.log_format, settings.sentry_dsn,
                       settings.sentry_env)
-    except (StartupError, LogSetupError, HandoverError, SettingsError, OSError) as exc:
+    except (StartupError, LogSetupError, HandoverError, SettingsError, SeedError,
+            OSError) as exc:
         print(f"poolctl start: {exc}", file=sys.stderr, flush=True)
         return getattr(exc, "exit_code", EXIT_SETTINGS)
     for warning in settings.warnings:
@@ -992,6 +996,8 @@ def start_command(settings: Any) -> int:
              or "none")
     for line in settings.describe():
         log.debug("setting %s", line)
+    for number, line in enumerate(seeded):
+        (log.warning if number else log.info)("%s", line)
     if config.sandbox_warning:
         log.warning("%s", config.sandbox_warning)
     log.info("sandbox %s", describe_sandbox(config.sandbox))

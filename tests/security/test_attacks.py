@@ -17,54 +17,13 @@ import psutil
 
 from pool.supervisor.control import request
 from tests.security.conftest import PIDS, SANDBOXES, SIZE, TMP_MB, Target
+from tests.security.probes import SCAN, environ_probe, js, trojan_probe
 from tests.supervisor.conftest import COMMON, wait_until
-
-# JS helpers the attacks share: read a process's memory through /proc/<pid>/mem, list pids
-SCAN = r"""
-const fs = p.getBuiltinModule('fs');
-const pids = () => fs.readdirSync('/proc').filter(x => /^\d+$/.test(x)).map(Number);
-const cmdline = pid => { try { return fs.readFileSync(`/proc/${pid}/cmdline`, 'utf8').split('\0').join(' '); } catch (e) { return ''; } };
-function scanMem(pid, needle) {
-  let maps;
-  try { maps = fs.readFileSync(`/proc/${pid}/maps`, 'utf8'); } catch (e) { return 'maps: ' + e.code; }
-  let fd;
-  try { fd = fs.openSync(`/proc/${pid}/mem`, 'r'); } catch (e) { return 'mem: ' + e.code; }
-  const buf = Buffer.alloc(1 << 20), n = Buffer.from(needle);
-  try {
-    for (const line of maps.split('\n')) {
-      const m = /^([0-9a-f]+)-([0-9a-f]+) r/.exec(line);
-      if (!m || line.includes('[vvar') || line.includes('[vsyscall]')) continue;
-      const end = BigInt('0x' + m[2]);
-      for (let a = BigInt('0x' + m[1]); a < end; a += BigInt(buf.length)) {
-        const len = Number(end - a < BigInt(buf.length) ? end - a : BigInt(buf.length));
-        let got;
-        try { got = fs.readSync(fd, buf, 0, len, a); } catch (e) { break; }
-        if (buf.subarray(0, got).indexOf(n) >= 0) return true;
-      }
-    }
-  } finally { fs.closeSync(fd); }
-  return false;
-}
-"""
-
-
-def js(value: object) -> str:
-    return json.dumps(value)
 
 
 def test_worker_secret_from_the_supervisors_environ(target: Target) -> None:
     secret = target.lightning.secret
-    run = target.attack(SCAN + f"""
-      const found = [], seen = [];
-      for (const pid of [{js(target.pool.proc.pid)}, ...pids()]) {{
-        try {{
-          const env = fs.readFileSync(`/proc/${{pid}}/environ`, 'utf8');
-          seen.push(pid);
-          const hit = env.split('\0').find(v => v.startsWith('WORKER_SECRET='));
-          if (hit) found.push([pid, hit.slice('WORKER_SECRET='.length)]);
-        }} catch (e) {{}}
-      }}
-      return {{ data: {{ found, seen, visible: pids().length }} }};""")
+    run = target.attack(environ_probe(target.pool.proc.pid))
     report = run["report"] or {}
     stolen = secret in json.dumps(report)
     target.verdict("WORKER_SECRET from /proc/<supervisor>/environ", stolen,
@@ -166,15 +125,7 @@ def test_an_adaptor_cannot_be_trojaned_for_later_runs(target: Target) -> None:
                         "dist", "index.js")
     with open(dist, "rb") as fh:
         original = fh.read()
-    run = target.attack(f"""
-      const fs = p.getBuiltinModule('fs');
-      const tries = {{}};
-      for (const [name, f] of [['append', () => fs.appendFileSync({js(dist)}, '\\n;globalThis.TROJAN = 1;\\n')],
-                               ['replace', () => {{ fs.writeFileSync({js(dist)} + '.new', 'x'); fs.renameSync({js(dist)} + '.new', {js(dist)}); }}],
-                               ['chmod', () => fs.chmodSync({js(dist)}, 0o777)]]) {{
-        try {{ f(); tries[name] = 'ok'; }} catch (e) {{ tries[name] = e.code; }}
-      }}
-      return {{ data: tries }};""")
+    run = target.attack(trojan_probe(dist))
     report = run["report"] or {}
     with open(dist, "rb") as fh:
         changed = fh.read() != original
