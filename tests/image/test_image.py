@@ -15,8 +15,9 @@ runtime's, and not tested here.
 The host's CA bundle is mounted over the image's (read-only), as an operator behind a proxy that
 re-signs TLS mounts theirs: npm in the container reaches the registry through this machine's.
 
-Skipped unless ``POOLCTL_IMAGE`` names the image (``make test-image`` builds it and sets it):
-``make test``'s ``pytest tests`` does not build images.
+Run by ``make test-image`` only, which builds the image and names it in ``POOLCTL_IMAGE``
+(``make test`` leaves tests/image out: it builds no images); run any other way, it fails
+saying so.
 """
 
 from __future__ import annotations
@@ -45,12 +46,7 @@ from tests.supervisor.conftest import COMMON, free_port, plan, wait_run, wait_un
 
 IMAGE = os.environ.get("POOLCTL_IMAGE")
 PODMAN = ["podman", "--storage-driver", "vfs"]
-pytestmark = [
-    pytest.mark.skipif(not IMAGE, reason="the container image's test: `make test-image` builds "
-                                         "the image and runs it (podman, mmdebstrap, root)"),
-    pytest.mark.skipif(os.geteuid() != 0 or not shutil.which("unshare"),
-                       reason="needs root and util-linux's unshare"),
-]
+
 # not among the adaptors the image bakes: the pool installs it from the npm registry at run time
 NOT_BAKED = "@openfn/language-common@2.1.1"
 REPO_DIR = "/var/lib/poolctl/repo"
@@ -87,6 +83,15 @@ def podman(*args: str, timeout: float = 300) -> str:
                           check=False)
     assert proc.returncode == 0, f"podman {' '.join(args)}: {proc.stderr[-2000:]}"
     return proc.stdout
+
+
+@pytest.fixture(autouse=True, scope="module")
+def _built_image() -> None:
+    if not IMAGE:
+        pytest.fail("the container image's test: run `make test-image`, which builds the image "
+                    "(podman, mmdebstrap, root) and names it in POOLCTL_IMAGE")
+    if os.geteuid() != 0 or not shutil.which("unshare"):
+        pytest.fail("the container image's test needs root and util-linux's unshare")
 
 
 @pytest.fixture(scope="module")
