@@ -121,9 +121,15 @@ def test_shims_carry_the_sandbox_limits(target: Target) -> None:
         except psutil.Error:
             return False
 
+    def is_node(proc: psutil.Process) -> bool:
+        try:
+            return proc.name() == "node"
+        except psutil.Error:  # ended since it was listed (a standby replaced, a cache built)
+            return False
+
     def shims() -> list[psutil.Process] | None:
         found = [p for e in target.pool.executors() for p in e.children(recursive=True)
-                 if p.name() == "node" and (not target.sandboxed or in_sandbox(p))]
+                 if is_node(p) and (not target.sandboxed or in_sandbox(p))]
         return found if len(found) >= SIZE else None
 
     def read(shim: psutil.Process) -> tuple[int, dict[str, int | str]] | None:
