@@ -35,6 +35,7 @@ from tests.supervisor.conftest import (
     COMMON,
     DEADLINE,
     HELLO_BODY,
+    http_get,
     job,
     plan,
     wait_run,
@@ -193,16 +194,6 @@ def test_every_metric_a_manifest_names_is_on_a_live_pool(lightning: DevServer,
     assert pool.stop() == 0
 
 
-def readyz(port: int) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=10) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return 0  # not listening yet
-
-
 def test_the_prestop_hook_drains_and_returns_once_the_run_is_reported(
         lightning: DevServer, start_pool, tmp_path: Path) -> None:
     container = pool_container()
@@ -211,7 +202,7 @@ def test_the_prestop_hook_drains_and_returns_once_the_run_is_reported(
     assert socket_path in hook[-1]  # the hook talks to the socket the pool was given
     local_socket = str(tmp_path / "control.sock")
     pool = start_pool("--size", "1", "--control-socket", local_socket)
-    wait_until(lambda: readyz(pool.port) == 200, "the pool to be ready")
+    wait_until(lambda: http_get(pool.port, "/readyz")[0] == 200, "the pool to be ready")
     body = "fn(state => new Promise(resolve => setTimeout(() => resolve(state), 3000)));"
     run_id = lightning.enqueue(plan({"id": "job-1", "adaptor": COMMON, "body": body}))
     wait_until(lambda: any(e["event"] == "run:start" for e in lightning.run(run_id)["events"]),
@@ -220,7 +211,7 @@ def test_the_prestop_hook_drains_and_returns_once_the_run_is_reported(
     command = [part.replace(socket_path, local_socket) for part in hook]
     hook_proc = subprocess.Popen(command, env=env, stdout=subprocess.PIPE,
                                  stderr=subprocess.STDOUT, text=True)
-    wait_until(lambda: readyz(pool.port) == 503, "/readyz to say draining")
+    wait_until(lambda: http_get(pool.port, "/readyz")[0] == 503, "/readyz to say draining")
     output, _ = hook_proc.communicate(timeout=DEADLINE)
     assert hook_proc.returncode == 0, output
     finished = lightning.run(run_id)

@@ -29,7 +29,6 @@ import signal
 import subprocess
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
@@ -42,7 +41,7 @@ from pool.devserver.server import DevServer
 from tests.image.conftest import FACTS
 from tests.security.conftest import ESCAPE
 from tests.security.probes import environ_probe, trojan_probe
-from tests.supervisor.conftest import COMMON, free_port, plan, wait_run, wait_until
+from tests.supervisor.conftest import COMMON, free_port, http_get, plan, wait_run, wait_until
 
 IMAGE = os.environ.get("POOLCTL_IMAGE")
 PODMAN = ["podman", "--storage-driver", "vfs"]
@@ -167,11 +166,7 @@ def image_env(inspected: dict[str, Any]) -> dict[str, str]:
 
 
 def readyz(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=2) as reply:
-            return reply.status == 200
-    except OSError:
-        return False
+    return http_get(port, "/readyz", timeout=2)[0] == 200
 
 
 @pytest.fixture(scope="module")

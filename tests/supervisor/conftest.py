@@ -13,6 +13,8 @@ import subprocess
 import sys
 import tempfile
 import time
+import urllib.error
+import urllib.request
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
@@ -59,6 +61,18 @@ def wait_until(check: Callable[[], Any], what: str, deadline: float = DEADLINE) 
             return value
         time.sleep(0.05)
     raise AssertionError(f"timed out after {deadline}s waiting for {what}")
+
+
+def http_get(port: int, path: str, timeout: float = 10) -> tuple[int, str]:
+    """``(status, body)`` of a GET to the pool's HTTP server on loopback; an error status with
+    its body; ``(0, "")`` when nothing listens yet."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}{path}", timeout=timeout) as r:
+            return r.status, r.read().decode()
+    except urllib.error.HTTPError as exc:
+        return exc.code, exc.read().decode()
+    except OSError:
+        return 0, ""
 
 
 def is_shim(proc: psutil.Process) -> bool:

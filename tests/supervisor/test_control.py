@@ -10,7 +10,6 @@ import struct
 import subprocess
 import tempfile
 import time
-import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -26,7 +25,7 @@ from pool.supervisor.control import (
 )
 from pool.supervisor.snapshot import ExecutorView, PoolSnapshot
 from pool.supervisor.status import render_status
-from tests.supervisor.conftest import wait_until
+from tests.supervisor.conftest import http_get, wait_until
 from tests.supervisor.stub_pool import StubPool
 
 NOBODY = 65534
@@ -156,11 +155,7 @@ def test_misbehaving_clients_of_a_real_pool_get_answers_and_leave_no_traceback(
 
 
 def http_up(port: int) -> bool:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/livez", timeout=10) as resp:
-            return resp.status == 200
-    except OSError:
-        return False
+    return http_get(port, "/livez")[0] == 200
 
 
 def pool_answers(port: int) -> bool:

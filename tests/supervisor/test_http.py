@@ -19,7 +19,7 @@ from pool.supervisor import http as http_module
 from pool.supervisor.http import HealthServer, HttpError
 from pool.supervisor.metrics import PoolMetrics
 from pool.supervisor.snapshot import ExecutorView, PoolSnapshot
-from tests.supervisor.conftest import ROOT, wait_until
+from tests.supervisor.conftest import ROOT, http_get, wait_until
 
 WARM = PoolSnapshot(executors=(ExecutorView(pid=1, state="idle"),
                                ExecutorView(pid=2, state="busy", run_id="r")),
@@ -173,11 +173,5 @@ def test_idle_connections_under_a_low_fd_limit_leave_readyz_and_status_answering
     assert "Traceback" not in pool.output
 
 
-def readyz(port: int) -> int | None:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/readyz", timeout=15) as resp:
-            return resp.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-    except OSError:
-        return None
+def readyz(port: int) -> int:
+    return http_get(port, "/readyz", timeout=15)[0]

@@ -13,8 +13,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.error
-import urllib.request
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +27,7 @@ from tests.supervisor.conftest import (
     HELLO_BODY,
     Pool,
     events,
+    http_get,
     job,
     plan,
     wait_run,
@@ -43,18 +42,8 @@ def sleeper(ms: int) -> dict[str, Any]:
     return plan({"id": "job-1", "adaptor": COMMON, "body": body})
 
 
-def http(pool: Pool, path: str) -> tuple[int, str]:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{pool.port}{path}", timeout=10) as r:
-            return r.status, r.read().decode()
-    except urllib.error.HTTPError as exc:
-        return exc.code, exc.read().decode()
-    except OSError:
-        return 0, ""  # not listening yet
-
-
 def metrics(pool: Pool) -> dict[tuple[str, tuple[tuple[str, str], ...]], float]:
-    status, body = http(pool, "/metrics")
+    status, body = http_get(pool.port, "/metrics")
     assert status == 200
     return {(s.name, tuple(sorted(s.labels.items()))): s.value
             for family in text_string_to_metric_families(body) for s in family.samples}
@@ -75,7 +64,7 @@ def status(pool: Pool) -> dict[str, Any]:
 
 
 def wait_ready(pool: Pool) -> None:
-    wait_until(lambda: http(pool, "/readyz")[0] == 200 or pool.proc.poll() is not None,
+    wait_until(lambda: http_get(pool.port, "/readyz")[0] == 200 or pool.proc.poll() is not None,
                "/readyz 200")
     assert pool.proc.poll() is None, pool.output[-3000:]
 
@@ -108,7 +97,7 @@ def started(lightning: DevServer, run_id: str) -> bool:
 def test_readyz_before_warm_and_while_draining_and_one_pool_per_socket(
         lightning: DevServer, start_pool) -> None:
     pool = start_pool("--size", "1")
-    first = wait_until(lambda: http(pool, "/readyz")[0], "the HTTP server")
+    first = wait_until(lambda: http_get(pool.port, "/readyz")[0], "the HTTP server")
     assert first == 503  # HTTP is up before any executor is warm or the queue is joined
     wait_ready(pool)
     twin = start_pool("--size", "1", "--port", str(pool.port))
@@ -116,7 +105,7 @@ def test_readyz_before_warm_and_while_draining_and_one_pool_per_socket(
     assert "a pool is already running with control socket" in twin.output
     drained = poolctl(pool, "drain")
     assert drained.returncode == 0 and "draining" in drained.stdout
-    code, body = http(pool, "/readyz")
+    code, body = http_get(pool.port, "/readyz")
     assert (code, json.loads(body)["reason"]) == (503, "draining")
     waiting = lightning.enqueue(plan(job(HELLO_BODY)))
     lightning.push_work_available()
@@ -318,7 +307,7 @@ def test_a_strict_executor_never_shows_a_finished_run_as_running(lightning: DevS
     while time.monotonic() < end and seen[-1:] != [("idle", None)]:
         [executor] = _status(path)["executors"]
         seen.append((executor["state"], executor["run_id"]))
-        assert http(pool, "/readyz")[0] == 200
+        assert http_get(pool.port, "/readyz")[0] == 200
     assert seen[-1] == ("idle", None), seen[-5:]
     assert not [s for s in seen if s[1] == run_id], seen[:5]
     assert pool.stop() == 0

@@ -11,8 +11,6 @@ import os
 import signal
 import socket
 import time
-import urllib.error
-import urllib.request
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
@@ -24,8 +22,8 @@ from pool.supervisor.notify import watchdog_interval
 from tests.supervisor.conftest import (
     DEADLINE,
     SLOW_BODY,
-    Pool,
     free_port,
+    http_get,
     job,
     plan,
     wait_run,
@@ -83,20 +81,12 @@ def notify_abstract() -> Iterator[SystemdSocket]:
     sock.close()
 
 
-def readyz(pool: Pool) -> int:
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{pool.port}/readyz", timeout=10) as r:
-            return r.status
-    except urllib.error.HTTPError as exc:
-        return exc.code
-
-
 def test_ready_only_once_joined_then_status_reload_and_stopping(
         lightning: DevServer, start_pool, notify_path: SystemdSocket) -> None:
     systemd = notify_path
     pool = start_pool("--size", "2", env={"NOTIFY_SOCKET": systemd.address})
     ready = systemd.wait_for("READY", "1")
-    assert readyz(pool) == 200  # systemd hears READY=1 no earlier than /readyz says so
+    assert http_get(pool.port, "/readyz")[0] == 200  # systemd hears READY=1 no earlier than /readyz says so
     assert "EXTEND_TIMEOUT_USEC" in systemd.messages[0]  # the start job is kept alive
     assert all("READY" not in m for m in systemd.messages[:ready])
     assert systemd.messages[systemd.wait_for("STATUS")]["STATUS"]  # something to show
