@@ -110,13 +110,18 @@ def write_private(path: Path, text: str, mode: int = 0o600) -> None:
     os.replace(tmp, path)
 
 
+def start_with_secret_file(lightning: DevServer, start_pool, secret_file: Path):
+    """A pool of two that reads Lightning's secret from ``secret_file`` (0600), not the env."""
+    write_private(secret_file, lightning.secret)
+    env = {k: v for k, v in lightning.worker_env().items() if k != "WORKER_SECRET"}
+    return start_pool("--size", "2", with_lightning_env=False,
+                      env={**env, "WORKER_SECRET_FILE": str(secret_file)})
+
+
 def test_sighup_rotates_the_secret_with_runs_in_flight(lightning: DevServer, start_pool,
                                                        tmp_path: Path) -> None:
     secret_file = tmp_path / "worker-secret"
-    write_private(secret_file, lightning.secret)
-    env = {k: v for k, v in lightning.worker_env().items() if k != "WORKER_SECRET"}
-    pool = start_pool("--size", "2", with_lightning_env=False,
-                      env={**env, "WORKER_SECRET_FILE": str(secret_file)})
+    pool = start_with_secret_file(lightning, start_pool, secret_file)
     ids = [lightning.enqueue(plan(job(SLOW_BODY))) for _ in range(4)]
     wait_until(lambda: sum("step:start" in events(lightning.run(i)) for i in ids) == 2,
                "two runs to be running")
@@ -163,10 +168,7 @@ def test_after_lightning_restarts_with_a_new_secret_sighup_brings_the_pool_back(
     """Lightning went first: the old token is refused (401, retried with back-off) until the
     pool is given the new secret; then it reconnects and reports its runs, each once."""
     secret_file = tmp_path / "worker-secret"
-    write_private(secret_file, lightning.secret)
-    env = {k: v for k, v in lightning.worker_env().items() if k != "WORKER_SECRET"}
-    pool = start_pool("--size", "2", with_lightning_env=False,
-                      env={**env, "WORKER_SECRET_FILE": str(secret_file)})
+    pool = start_with_secret_file(lightning, start_pool, secret_file)
     ids = [lightning.enqueue(plan(job(SLOW_BODY))) for _ in range(2)]
     wait_until(lambda: all("step:start" in events(lightning.run(i)) for i in ids),
                "both runs to be running")
