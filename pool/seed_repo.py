@@ -190,15 +190,14 @@ def seed(seed_dir: str, repo: AdaptorRepo) -> SeedResult:
     return result
 
 
-def seed_repo_command(settings: Any) -> list[str]:
-    """``poolctl start`` with ``WORKER_SEED_REPO``: seed the repo; the lines to log (the first
-    says what was copied, each further one an adaptor left out)."""
+def seed_repo_command(settings: Any) -> tuple[str | None, list[str]]:
+    """``poolctl start`` with ``WORKER_SEED_REPO``: seed the repo. What to log: the line saying
+    what was copied (None without a seed repo) and a warning per adaptor left out."""
     if not settings.seed_repo:
-        return []
+        return None, []
     repo = AdaptorRepo(settings.repo_dir)
     result = seed(settings.seed_repo, repo)
-    lines = [f"seed repo {settings.seed_repo}: copied {', '.join(result.copied) or 'nothing'} "
-             f"into {repo.repo_dir} ({len(result.present)} already there)"]
-    lines += [f"seed repo: {alias} not copied: {why}; npm installs it on its first run"
-              for alias, why in result.skipped.items()]
-    return lines
+    summary = (f"seed repo {settings.seed_repo}: copied {', '.join(result.copied) or 'nothing'} "
+               f"into {repo.repo_dir} ({len(result.present)} already there)")
+    return summary, [f"seed repo: {alias} not copied: {why}; npm installs it on its first run"
+                     for alias, why in result.skipped.items()]

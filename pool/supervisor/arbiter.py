@@ -976,7 +976,7 @@ def start_command(settings: Any) -> int:
             reexec_without_secrets(settings)
         make_undumpable()
         # before anything reads or installs into the repo (collections, executors)
-        seeded = seed_repo_command(settings)
+        seeded, seed_warnings = seed_repo_command(settings)
         config = load_config(settings)
         setup_logging(settings.log_level, settings.log_format, settings.sentry_dsn,
                       settings.sentry_env)
@@ -996,8 +996,10 @@ def start_command(settings: Any) -> int:
              or "none")
     for line in settings.describe():
         log.debug("setting %s", line)
-    for number, line in enumerate(seeded):
-        (log.warning if number else log.info)("%s", line)
+    if seeded:
+        log.info("%s", seeded)
+    for line in seed_warnings:
+        log.warning("%s", line)
     if config.sandbox_warning:
         log.warning("%s", config.sandbox_warning)
     log.info("sandbox %s", describe_sandbox(config.sandbox))
