@@ -33,7 +33,7 @@ from pool.bench.shim_run import measure_shim
 from pool.bench.workloads import ADAPTORS, COMMON, WORKLOADS, SlowHttpServer
 from pool.devserver.server import DevServer
 from pool.executor.process import PREPARED_MODES
-from pool.executor.sandbox import SHIM_UID, resolve_mode
+from pool.executor.sandbox import resolve_mode, shim_uid
 from pool.executor.shim import SHIM_SCRIPT, node_flags
 from pool.prepare import COMPILE_CACHE_MIN_NODE, CompileCache, PreparedRepo, PreparedShim
 from pool.settings import default_of
@@ -135,7 +135,7 @@ def node_major(node: str) -> int:
 
 
 def prepared_waiter(repo_dir: str, node: str, workload: str,
-                    sandboxed: bool) -> Callable[[], None]:
+                    sandbox: str) -> Callable[[], None]:
     """Waits until the pool prepared the workload's adaptors and, on Node ≥ 22, built a
     compile cache covering them for the default shim (what strict/context measure): for the
     sandbox's inner uid when the cell's pool runs in one."""
@@ -150,7 +150,7 @@ def prepared_waiter(repo_dir: str, node: str, workload: str,
         while time.monotonic() < deadline:
             script = shim.script() or SHIM_SCRIPT
             cache = CompileCache(repo, shutil.which(node) or node, node_flags(RUN_MEMORY_MB),
-                                 script, SHIM_UID if sandboxed else os.getuid())
+                                 script, shim_uid(sandbox))
             if all(prepared.state(a) is not None for a in wanted) and shim.stamp() and (
                     not with_cache or cache.covers(prepared.prepared())):
                 return
@@ -167,8 +167,8 @@ def run_cells(plan: list[Cell], repo_dir: str, log_dir: str, node: str) -> list[
             tqdm(total=len(plan), unit="cell", file=sys.stderr, dynamic_ncols=True) as bar:
         for cell in plan:
             bar.set_postfix_str(f"{cell.isolation}@{cell.size} {cell.workload}")
-            sandboxed = (cell.sandbox or resolve_mode("auto")) != "none"
-            waiter = prepared_waiter(repo_dir, node, cell.workload, sandboxed) \
+            sandbox = resolve_mode(cell.sandbox or "auto")
+            waiter = prepared_waiter(repo_dir, node, cell.workload, sandbox) \
                 if cell.isolation in PREPARED_MODES else None
             with tqdm(unit="run", file=sys.stderr, leave=False, position=1,
                       dynamic_ncols=True) as runs:

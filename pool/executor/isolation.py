@@ -33,7 +33,6 @@ gets a fresh shim of its own in every mode; the warm one stays for the next run.
 
 from __future__ import annotations
 
-import os
 import queue
 import random
 import sys
@@ -46,7 +45,7 @@ from typing import Any
 from pool.adaptors import Adaptor, AdaptorError, AdaptorRepo
 from pool.executor.launcher import Launcher
 from pool.executor.prepared import PreparedForms
-from pool.executor.sandbox import SHIM_UID, SandboxError
+from pool.executor.sandbox import SandboxError, shim_uid
 from pool.executor.shim import Shim, ShimBootError
 from pool.prepare import is_prepared
 
@@ -94,10 +93,9 @@ class ShimFactory:
         self.info: dict[str, Any] = {}  # the last shim's ``ready``: node and runtime versions
         self.forms: PreparedForms | None = None
         if prepare:
-            sandboxed = launcher is not None and launcher.mode != "none"
             self.forms = PreparedForms(repo, node, memory_mb, self._build_cache,
                                        self._check_shim,
-                                       uid=SHIM_UID if sandboxed else os.getuid())
+                                       uid=shim_uid(launcher.mode if launcher else "none"))
 
     def form(self, adaptor: Adaptor) -> Adaptor:
         """The adaptor as this factory's shims load it (prepared, or plain)."""

@@ -266,8 +266,8 @@ class Launcher:
     def spawn(self, argv: list[str], env: dict[str, str], read_only: Iterable[str], cwd: str,
               fds: list[tuple[int, int]], writable: Iterable[str] = ()) -> SandboxProcess:
         """Start ``argv`` with ``env`` (as given) and ``fds`` placed as ``(ours, child's)``.
-        ``writable``: folders the process may write (the pool's own builds, never a run's
-        shim); in uid mode the caller makes them writable for the slot uid."""
+        ``writable``: folders the process may write (the pool's own builds, through
+        ``builder()``; never a run's shim)."""
         uid = self.uids.take()
         try:
             return self._spawn(argv, env, list(read_only), cwd, fds, uid, list(writable))

@@ -272,6 +272,12 @@ def wrap(config: SandboxConfig, argv: list[str], env: dict[str, str],
     return chain
 
 
+def shim_uid(mode: str) -> int:
+    """The uid a shim's Node sees in sandbox ``mode`` (``uid``, ``namespaces`` or ``none``),
+    which Node names its compile cache after."""
+    return SHIM_UID if mode in SANDBOXED else os.getuid()
+
+
 def limit_values(config: SandboxConfig) -> list[tuple[int, int]]:
     """``(resource, value)`` of every limit a sandbox's processes carry (soft = hard)."""
     return [(resource.RLIMIT_NPROC, config.pids), (resource.RLIMIT_NOFILE, config.nofile),

@@ -21,7 +21,7 @@ import pytest
 
 from pool.adaptors import AdaptorRepo
 from pool.bench.shim_run import measure_shim
-from pool.executor.sandbox import SHIM_UID, SandboxConfig
+from pool.executor.sandbox import SandboxConfig, shim_uid
 from pool.executor.shim import node_flags
 from pool.prepare import CACHE_DIR, PREPARED, CompileCache, PreparedRepo, PreparedShim
 from tests.executor.conftest import COMMON, DEADLINE, SANDBOX, executor, run
@@ -153,7 +153,7 @@ def test_compile_cache_is_built_by_the_pool_hit_by_shims_and_never_written_by_th
     node = node24()
     repo = AdaptorRepo(str(copied_repo(shared_tmp / "repo")), offline=True)
     memory_mb = 128  # the executor fixture's run memory: the shims' --max-old-space-size
-    uid = SHIM_UID if SANDBOX["mode"] != "none" else os.getuid()
+    uid = shim_uid(SANDBOX["mode"])
     with executor("strict", node=node, repo_dir=str(repo.repo_dir)) as handle:
         wait_prepared(repo)
         script = wait_shim(repo)
